@@ -1,0 +1,56 @@
+"""The agent protocol: one JSON object per line, UTF-8, each with `v`, `type` and, where a reply
+is expected, `id`. This is the one module of the agent that the control plane imports.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+PROTOCOL_VERSION = 1
+
+# Control plane -> agent.
+TO_AGENT = frozenset({"run", "cancel", "load", "unload", "pull", "ping", "shutdown"})
+# Agent -> control plane.
+FROM_AGENT = frozenset({"hello", "telemetry", "event", "result", "error", "pong"})
+
+# Longest line either side accepts; a longer one is answered with an error and skipped.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid protocol message; `code` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str, msg_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.msg_id = msg_id
+
+
+def encode(msg_type: str, msg_id: Optional[str] = None, **fields: Any) -> bytes:
+    """One message as a line of bytes, newline included."""
+    msg: Dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg_type}
+    if msg_id is not None:
+        msg["id"] = msg_id
+    msg.update(fields)
+    return (json.dumps(msg, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def decode(line: bytes, accepted: frozenset[str]) -> Dict[str, Any]:
+    """Parse one line into a message whose type is in `accepted`, or raise ProtocolError."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError("line_too_long", f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+    try:
+        msg = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("malformed", f"not a JSON line: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("malformed", "a message must be a JSON object")
+    msg_id = msg.get("id") if isinstance(msg.get("id"), str) else None
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version_mismatch", f"protocol v{msg.get('v')!r}, expected v{PROTOCOL_VERSION}", msg_id
+        )
+    if msg.get("type") not in accepted:
+        raise ProtocolError("unknown_type", f"unknown message type {msg.get('type')!r}", msg_id)
+    return msg

@@ -1,0 +1,1 @@
+"""Benchmarks run by `bitinglip bench ...`: each prints one JSON object of measurements."""

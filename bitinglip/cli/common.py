@@ -1,0 +1,98 @@
+"""What every command shares: the profile from the global options, output, and errors.
+
+Results go to stdout, diagnostics to stderr. A `BitinglipError` ends the command with its one-line
+message on stderr and exit code 1 (runtime) or 2 (usage or configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from bitinglip.config import Profile, load_profile
+from bitinglip.control.plane import ControlPlane, open_control_plane
+from bitinglip.errors import BitinglipError
+
+
+class ErrorsToExit(TyperGroup):
+    """The root group: turns any BitinglipError below it into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BitinglipError as exc:
+            fail(str(exc), exc.exit_code)
+
+
+@dataclass
+class Options:
+    profile: str | None = None
+    data_dir: str | None = None
+
+
+def options(ctx: typer.Context) -> Options:
+    found = ctx.find_object(Options)
+    return found if found is not None else Options()
+
+
+def profile_of(ctx: typer.Context) -> Profile:
+    opts = options(ctx)
+    return load_profile(opts.profile, data_dir=opts.data_dir)
+
+
+@contextmanager
+def plane_of(ctx: typer.Context) -> Iterator[ControlPlane]:
+    plane = open_control_plane(profile_of(ctx))
+    try:
+        yield plane
+    finally:
+        plane.close()
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"bitinglip: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Plain aligned columns on stdout."""
+    cells = [[str(h).upper() for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def parse_labels(labels: Sequence[str] | None) -> dict[str, str] | None:
+    if not labels:
+        return None
+    parsed: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--label {item!r}: write labels as key=value", 2)
+        parsed[key] = value
+    return parsed
+
+
+def age(seconds: float) -> str:
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

@@ -1,0 +1,1 @@
+"""The control plane: state, queue, placement and sessions. Never imports a front end."""

@@ -1,0 +1,192 @@
+"""The ControlPlane façade: what the CLI, the console and the gateway call.
+
+`open_control_plane(profile)` opens the profile's state database. Any number of processes may
+open it: they read, submit and cancel. One of them at a time runs the control loop (`serve`, or
+`embedded()` for the duration of one command), which holds the controller lease.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bitinglip.config import Profile
+from bitinglip.control import controller, doorbell, jobs, task_views
+from bitinglip.control.db import Store, open_store
+from bitinglip.control.loop import ControlLoop
+from bitinglip.control.task_views import Task
+from bitinglip.control.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
+from bitinglip.errors import BitinglipError, InputError
+
+# Kinds the control plane can run today, and where.
+RUNNABLE_KINDS = frozenset({"echo"})
+
+
+class ControlPlane:
+    """One process's handle on the control plane. Use from one thread (it owns a connection)."""
+
+    def __init__(self, profile: Profile, store: Store) -> None:
+        self.profile = profile
+        self.store = store
+        self.queue = TaskQueue(store, profile.queue, on_submit=self._ring)
+        self.loop: ControlLoop | None = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> ControlPlane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- work ------------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> int:
+        self._check_placement(spec)
+        return self.queue.submit(spec)
+
+    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
+        for spec in specs:
+            self._check_placement(spec)
+        return self.queue.submit_many(specs)
+
+    def submit_job(self, path: Path, name: str | None = None) -> jobs.Job:
+        """Check the whole file, then queue all of its lines in one transaction."""
+        fmt, specs = jobs.parse_jsonl(path)
+        for spec in specs:
+            self._check_placement(spec, where=f"{path}:{spec.line_no}")
+        job_id, _ = self.queue.submit_job(name or path.name, str(path.resolve()), fmt, specs)
+        return jobs.get_job(self.store, job_id)
+
+    def cancel(self, ids: Sequence[int]) -> dict[int, str]:
+        return self.queue.cancel(ids)
+
+    def retry(self, ids: Sequence[int]) -> dict[int, str]:
+        return self.queue.retry(ids)
+
+    def _check_placement(self, spec: TaskSpec, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        names = [h.name for h in self.profile.hosts]
+        if spec.host is not None and spec.host not in names:
+            raise InputError(
+                f"{prefix}unknown host {spec.host!r}; hosts in profile {self.profile.name}: "
+                f"{', '.join(names) or '(none)'}"
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def task(self, task_id: int) -> Task:
+        return task_views.get_task(self.store, task_id)
+
+    def tasks(self, *, state: TaskState | None = None, job_id: int | None = None,
+              limit: int = 50) -> list[Task]:
+        return task_views.list_tasks(self.store, state=state, job_id=job_id, limit=limit)
+
+    def events(self, task_id: int) -> list[dict[str, Any]]:
+        return task_views.events(self.store, task_id)
+
+    def output(self, task_id: int) -> str:
+        return task_views.output(self.store, task_id)
+
+    def job(self, job_id: int) -> jobs.Job:
+        return jobs.get_job(self.store, job_id)
+
+    def jobs(self, limit: int = 50) -> list[jobs.Job]:
+        return jobs.list_jobs(self.store, limit)
+
+    def export_job(self, job_id: int) -> Iterator[str]:
+        return jobs.export_lines(self.store, job_id)
+
+    def controller(self) -> controller.ControllerInfo | None:
+        return controller.current(self.store)
+
+    def status(self) -> dict[str, Any]:
+        holder = self.controller()
+        return {
+            "profile": self.profile.name,
+            "database": str(self.profile.db_path),
+            "durability": self.profile.durability,
+            "controller": holder.to_dict() if holder and holder.alive else None,
+            "tasks": task_views.counts(self.store),
+            "hosts": [h.name for h in self.profile.hosts],
+        }
+
+    def wait(self, task_id: int, timeout: float | None = None) -> Task:
+        """Block until the task is in a terminal state (or `timeout` passes); return it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        version = -1
+        while True:
+            current = self.store.data_version()
+            if current != version:
+                version = current
+                task = self.task(task_id)
+                if task.state in TERMINAL:
+                    return task
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return self.task(task_id)
+            self._sleep_until_change(min(left or 0.002, 0.002))
+
+    def _sleep_until_change(self, seconds: float) -> None:
+        if self.loop is not None:
+            with self.loop.finished:
+                self.loop.finished.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def _ring(self) -> None:
+        if self.loop is not None:
+            self.loop.doorbell.ring()
+            return
+        holder = controller.current(self.store)
+        if holder is not None:
+            doorbell.ring(holder.doorbell)
+
+    @contextmanager
+    def embedded(self) -> Iterator[ControlLoop | None]:
+        """Run a control loop in a thread for the duration, unless a live controller exists.
+
+        Yields the loop (None when another process is the controller and will do the work).
+        """
+        holder = self.controller()
+        if holder is not None and holder.alive:
+            yield None
+            return
+        loop = ControlLoop(self.profile)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                loop.run()
+            except BitinglipError as exc:
+                errors.append(exc)
+                loop.is_controller.set()  # release the waiter below
+
+        thread = threading.Thread(target=run, name="bitinglip-control", daemon=True)
+        thread.start()
+        loop.is_controller.wait()
+        if errors:
+            raise errors[0]
+        self.loop = loop
+        try:
+            yield loop
+        finally:
+            self.loop = None
+            loop.stop()
+            thread.join()
+
+
+def open_control_plane(profile: Profile) -> ControlPlane:
+    """Open the profile's state database (creating it on first use)."""
+    return ControlPlane(profile, open_store(profile.db_path, profile.durability))
+
+
+def runnable(kind: str) -> bool:
+    return kind in RUNNABLE_KINDS

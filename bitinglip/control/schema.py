@@ -1,0 +1,81 @@
+"""The numbered schema migrations of the state database, oldest first.
+
+Append, never edit: a database records which of these it has applied (and `user_version` holds
+their count), so a released migration is history.
+"""
+
+from __future__ import annotations
+
+INITIAL = (
+    """CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        source TEXT,
+        format TEXT NOT NULL CHECK (format IN ('bitinglip', 'openai')),
+        total INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        payload TEXT NOT NULL,
+        model TEXT,
+        host TEXT,
+        labels TEXT,
+        idempotency_key TEXT,
+        job_id INTEGER REFERENCES jobs(id),
+        line_no INTEGER,
+        custom_id TEXT,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        max_attempts INTEGER NOT NULL,
+        retry_on_error INTEGER NOT NULL DEFAULT 0,
+        run_after REAL NOT NULL,
+        lease_owner TEXT,
+        lease_token INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at REAL,
+        ran_on TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        error TEXT,
+        error_kind TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    )""",
+    "CREATE INDEX tasks_ready ON tasks (priority DESC, id) WHERE state = 'queued'",
+    "CREATE INDEX tasks_running ON tasks (lease_expires_at) WHERE state = 'running'",
+    "CREATE UNIQUE INDEX tasks_idempotency ON tasks (idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL",
+    "CREATE INDEX tasks_job ON tasks (job_id, line_no) WHERE job_id IS NOT NULL",
+    """CREATE TABLE task_events (
+        id INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL REFERENCES tasks(id),
+        at REAL NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        detail TEXT
+    )""",
+    "CREATE INDEX task_events_task ON task_events (task_id, id)",
+    """CREATE TABLE task_output (
+        task_id INTEGER NOT NULL REFERENCES tasks(id),
+        seq INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE controller (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        owner TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        doorbell TEXT
+    )""",
+)
+
+# (name, statements) in order; the position is the migration's number.
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("initial", INITIAL),)

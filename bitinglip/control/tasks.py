@@ -1,0 +1,498 @@
+"""The durable task queue.
+
+A task moves through a small set of states (`TaskState`); every move goes through
+`_transition`, which checks it against `MOVES` and writes a `task_events` row in the same
+transaction. A runner claims tasks with a lease (owner, expiry) and a fresh fencing token; it
+reports back with that token, and a report with a stale token is refused (`StaleLeaseError`).
+
+Attempts: a task starts at attempt 1. An infrastructure failure (or an expired lease) requeues it
+with attempt + 1 after an exponential backoff, until `max_attempts` runs have failed; then it is
+`dead` with its last error. An application error fails it at once, unless it asked to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from bitinglip.config import QueueConfig
+from bitinglip.control.db import Store
+from bitinglip.errors import InputError, StaleLeaseError, StateError
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    DEAD = "dead"
+
+
+TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.DEAD})
+KINDS = ("echo", "generate", "chat", "embed", "pull", "bench")
+Q, R = TaskState.QUEUED, TaskState.RUNNING
+MOVES: frozenset[tuple[TaskState, TaskState]] = frozenset(
+    {(Q, R), (Q, TaskState.CANCELED)}
+    | {(R, s) for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, Q)}
+    | {(R, TaskState.CANCELED)}
+    | {(s, Q) for s in (TaskState.FAILED, TaskState.DEAD, TaskState.CANCELED)}
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What to run. `host`/`labels` constrain placement; `max_attempts` None = profile default."""
+
+    kind: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    host: str | None = None
+    labels: Mapping[str, str] | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+    idempotency_key: str | None = None
+    retry_on_error: bool = False
+    job_id: int | None = None
+    line_no: int | None = None
+    custom_id: str | None = None
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"unknown task kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise InputError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.kind in ("generate", "chat", "embed") and not self.model:
+            raise InputError(f"a {self.kind} task needs a model; pass --model NAME")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task handed to a runner: it must report back with `token`."""
+
+    task_id: int
+    kind: str
+    payload: dict[str, Any]
+    model: str | None
+    token: int
+    attempt: int
+    lease_expires_at: float
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A heartbeat's answer: tasks whose lease the runner lost, and tasks asked to cancel."""
+
+    lost: frozenset[int]
+    cancel: frozenset[int]
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+_INSERT = (
+    "INSERT INTO tasks (kind, state, priority, payload, model, host, labels, idempotency_key,"
+    " job_id, line_no, custom_id, max_attempts, retry_on_error, run_after, created_at)"
+    " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class TaskQueue:
+    """The queue over one Store. Not thread-safe: one TaskQueue per thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: QueueConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_submit: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.on_submit = on_submit
+        store.conn.create_function("labels_match", 2, labels_match, deterministic=True)
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> int:
+        """Queue one task durably; an idempotency key already used returns that task's id."""
+        return self.submit_many([spec])[0]
+
+    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
+        """Queue many tasks in one transaction; all of them or none."""
+        with self.store.write() as conn:
+            ids = self._insert(conn, specs)
+        if self.on_submit is not None:
+            self.on_submit()
+        return ids
+
+    def submit_job(
+        self, name: str, source: str | None, fmt: str, specs: Sequence[TaskSpec]
+    ) -> tuple[int, list[int]]:
+        """A job row and its child tasks, in one transaction."""
+        with self.store.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO jobs (name, source, format, total, created_at) VALUES (?, ?, ?, ?, ?)",
+                (name, source, fmt, len(specs), self.clock()),
+            )
+            assert cur.lastrowid is not None
+            job_id = cur.lastrowid
+            ids = self._insert(conn, [replace(s, job_id=job_id) for s in specs])
+        if self.on_submit is not None:
+            self.on_submit()
+        return job_id, ids
+
+    def _insert(self, conn: sqlite3.Connection, specs: Sequence[TaskSpec]) -> list[int]:
+        for spec in specs:
+            spec.validate()
+        now = self.clock()
+        rows = [self._row(spec, now) for spec in specs]
+        if len(rows) == 1 or any(spec.idempotency_key for spec in specs):
+            keys = [spec.idempotency_key for spec in specs]
+            return [_insert_one(conn, row, key) for row, key in zip(rows, keys, strict=True)]
+        conn.executemany(_INSERT, rows)
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def _row(self, spec: TaskSpec, now: float) -> tuple[Any, ...]:
+        return (
+            spec.kind,
+            spec.priority,
+            _dumps(spec.payload),
+            spec.model,
+            spec.host,
+            json.dumps(dict(spec.labels), sort_keys=True) if spec.labels else None,
+            spec.idempotency_key,
+            spec.job_id,
+            spec.line_no,
+            spec.custom_id,
+            spec.max_attempts or self.config.max_attempts,
+            int(spec.retry_on_error),
+            now,
+            now,
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    def claim(
+        self,
+        owner: str,
+        *,
+        limit: int = 1,
+        kinds: Iterable[str] = KINDS,
+        host: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        lease_s: float | None = None,
+    ) -> list[Claim]:
+        """Lease up to `limit` ready tasks, highest priority first, to `owner`.
+
+        A task pinned to a host is only claimed by a runner serving that host; a task asking for
+        labels only by a runner whose labels include them.
+        """
+        kinds = tuple(kinds)
+        now = self.clock()
+        expires = now + (lease_s or self.config.lease_ttl_s)
+        sql = (
+            "SELECT id, attempt FROM tasks INDEXED BY tasks_ready WHERE state = 'queued' AND run_after <= ?"
+            f" AND kind IN ({','.join('?' * len(kinds))})"
+            " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
+            " ORDER BY priority DESC, id LIMIT ?"
+        )
+        runner_labels = json.dumps(dict(labels or {}))
+        with self.store.write() as conn:
+            picked = conn.execute(sql, (now, *kinds, host, runner_labels, limit)).fetchall()
+            if not picked:
+                return []
+            _transition(
+                conn, [(i, Q, a) for i, a in picked], R, now,
+                "lease_owner = ?, lease_expires_at = ?, lease_token = lease_token + 1,"
+                " started_at = ?, ran_on = ?",
+                (owner, expires, now, host), detail=f"claimed by {owner}",
+            )
+            marks = ",".join("?" * len(picked))
+            got = conn.execute(
+                "SELECT id, kind, payload, model, lease_token, attempt FROM tasks"
+                f" WHERE id IN ({marks}) ORDER BY priority DESC, id",
+                [i for i, _ in picked],
+            ).fetchall()
+        return [Claim(i, k, json.loads(p), m, t, a, expires) for i, k, p, m, t, a in got]
+
+    def heartbeat(self, owner: str, tokens: Mapping[int, int], lease_s: float | None = None) -> Beat:
+        """Extend the leases `owner` still holds; say which it lost and which should cancel."""
+        if not tokens:
+            return Beat(frozenset(), frozenset())
+        expires = self.clock() + (lease_s or self.config.lease_ttl_s)
+        with self.store.write() as conn:
+            conn.executemany(
+                "UPDATE tasks SET lease_expires_at = ? WHERE id = ? AND lease_token = ?"
+                " AND state = 'running' AND lease_owner = ?",
+                [(expires, i, t, owner) for i, t in tokens.items()],
+            )
+            held = _current(conn, tokens)
+        lost = frozenset(tokens) - frozenset(held)
+        return Beat(lost, frozenset(i for i, (_, cancel) in held.items() if cancel))
+
+    def complete(self, task_id: int, token: int, result: Any) -> None:
+        stale = self.complete_many([(task_id, token, result)])
+        if stale:
+            raise StaleLeaseError(f"task {task_id}: lease token {token} is stale; result dropped")
+
+    def complete_many(self, results: Sequence[tuple[int, int, Any]]) -> list[int]:
+        """Record results in one transaction; returns the ids whose token was stale (dropped)."""
+        now = self.clock()
+        with self.store.write() as conn:
+            current = _current(conn, {i: t for i, t, _ in results})
+            payloads = {i: _dumps(r) for i, _, r in results}
+            done = [(i, R, a) for i, (a, _) in current.items()]
+            _transition(
+                conn, done, TaskState.SUCCEEDED, now,
+                "result = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL",
+                lambda i: (payloads[i], now),
+            )
+        return [i for i, _, _ in results if i not in current]
+
+    def fail(
+        self, task_id: int, token: int, error: str, *, retryable: bool, kind: str = "error"
+    ) -> TaskState:
+        """Record a failure. Retryable (infrastructure) failures requeue until max_attempts."""
+        now = self.clock()
+        with self.store.write() as conn:
+            current = _current(conn, {task_id: token})
+            if not current:
+                raise StaleLeaseError(f"task {task_id}: lease token {token} is stale; error dropped")
+            if current[task_id][1]:
+                return self._end_canceled(conn, [task_id], now, "canceled after a failure")
+            return self._after_failure(conn, task_id, now, error, kind, retryable)
+
+    def confirm_canceled(self, task_id: int, token: int) -> None:
+        """The runner stopped a task it was asked to cancel."""
+        with self.store.write() as conn:
+            if not _current(conn, {task_id: token}):
+                raise StaleLeaseError(f"task {task_id}: lease token {token} is stale")
+            self._end_canceled(conn, [task_id], self.clock(), "canceled by the runner")
+
+    def release(self, items: Sequence[tuple[int, int]], reason: str = "released") -> int:
+        """Give running tasks back to the queue without an attempt penalty (graceful stop)."""
+        now = self.clock()
+        with self.store.write() as conn:
+            current = _current(conn, dict(items))
+            _transition(
+                conn, [(i, R, a) for i, (a, _) in current.items()], Q, now,
+                "lease_owner = NULL, lease_expires_at = NULL, run_after = ?", (now,), detail=reason,
+            )
+        return len(current)
+
+    def append_output(self, task_id: int, token: int, data: str) -> None:
+        """Store one batch of output chunks (a runner coalesces chunks before calling this)."""
+        with self.store.write() as conn:
+            if not _current(conn, {task_id: token}):
+                raise StaleLeaseError(f"task {task_id}: lease token {token} is stale")
+            conn.execute(
+                "INSERT INTO task_output (task_id, seq, data) VALUES (?, (SELECT"
+                " coalesce(max(seq), 0) + 1 FROM task_output WHERE task_id = ?), ?)",
+                (task_id, task_id, data),
+            )
+
+    def reap(self) -> int:
+        """Requeue (or end) running tasks whose lease expired; returns how many."""
+        now = self.clock()
+        with self.store.write() as conn:
+            expired = conn.execute(
+                "SELECT id, cancel_requested FROM tasks WHERE state = 'running'"
+                " AND lease_expires_at < ?",
+                (now,),
+            ).fetchall()
+            for task_id, cancel in expired:
+                if cancel:
+                    self._end_canceled(conn, [task_id], now, "lease expired after a cancel")
+                else:
+                    owner = conn.execute(
+                        "SELECT lease_owner FROM tasks WHERE id = ?", (task_id,)
+                    ).fetchone()[0]
+                    error = f"lease expired: runner {owner} stopped reporting"
+                    self._after_failure(conn, task_id, now, error, "lease_expired", True)
+        return len(expired)
+
+    def _after_failure(
+        self, conn: sqlite3.Connection, task_id: int, now: float, error: str, kind: str,
+        retry: bool,
+    ) -> TaskState:
+        attempt, max_attempts, retry_on_error = conn.execute(
+            "SELECT attempt, max_attempts, retry_on_error FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        retry = retry or bool(retry_on_error)
+        clear = "lease_owner = NULL, lease_expires_at = NULL, error = ?, error_kind = ?"
+        if retry and attempt < max_attempts:
+            delay = min(
+                self.config.retry_backoff_s * 2 ** (attempt - 1), self.config.retry_backoff_max_s
+            )
+            _transition(
+                conn, [(task_id, R, attempt)], Q, now,
+                f"{clear}, attempt = attempt + 1, run_after = ?", (error, kind, now + delay),
+                detail=f"{kind}: {error}; retry in {delay:g}s",
+            )
+            return Q
+        end = TaskState.DEAD if retry else TaskState.FAILED
+        _transition(
+            conn, [(task_id, R, attempt)], end, now, f"{clear}, finished_at = ?",
+            (error, kind, now), detail=f"{kind}: {error}",
+        )
+        return end
+
+    def _end_canceled(
+        self, conn: sqlite3.Connection, ids: list[int], now: float, detail: str
+    ) -> TaskState:
+        rows = conn.execute(
+            f"SELECT id, state, attempt FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall()
+        _transition(
+            conn, [(i, TaskState(s), a) for i, s, a in rows], TaskState.CANCELED, now,
+            "lease_owner = NULL, lease_expires_at = NULL, finished_at = ?", (now,), detail=detail,
+        )
+        return TaskState.CANCELED
+
+    # -- operator actions ------------------------------------------------------------------
+
+    def cancel(self, ids: Iterable[int]) -> dict[int, str]:
+        """Cancel queued tasks at once; ask runners to stop running ones. Returns outcomes."""
+        now = self.clock()
+        outcome: dict[int, str] = {}
+        with self.store.write() as conn:
+            for task_id in ids:
+                row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                if row is None:
+                    outcome[task_id] = "not found"
+                elif row[0] == Q:
+                    self._end_canceled(conn, [task_id], now, "canceled while queued")
+                    outcome[task_id] = "canceled"
+                elif row[0] == R:
+                    conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
+                    _note(conn, task_id, R, now, "cancel requested")
+                    outcome[task_id] = "cancel requested"
+                else:
+                    outcome[task_id] = f"already {row[0]}"
+        return outcome
+
+    def retry(self, ids: Iterable[int]) -> dict[int, str]:
+        """Queue failed, dead or canceled tasks again with a fresh attempt budget."""
+        now = self.clock()
+        outcome: dict[int, str] = {}
+        with self.store.write() as conn:
+            for task_id in ids:
+                row = conn.execute(
+                    "SELECT state, attempt FROM tasks WHERE id = ?", (task_id,)
+                ).fetchone()
+                if row is None:
+                    outcome[task_id] = "not found"
+                elif (TaskState(row[0]), Q) in MOVES and row[0] != R:
+                    _transition(
+                        conn, [(task_id, TaskState(row[0]), row[1])], Q, now,
+                        "attempt = 1, run_after = ?, cancel_requested = 0, error = NULL,"
+                        " error_kind = NULL, result = NULL, finished_at = NULL",
+                        (now,), detail="retried by the operator",
+                    )
+                    outcome[task_id] = "queued"
+                else:
+                    outcome[task_id] = f"cannot retry a {row[0]} task"
+        if self.on_submit is not None:
+            self.on_submit()
+        return outcome
+
+    def set_priority(self, task_id: int, priority: int) -> None:
+        with self.store.write() as conn:
+            row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None or row[0] != Q:
+                raise StateError(f"task {task_id} is not queued; only queued tasks change priority")
+            conn.execute("UPDATE tasks SET priority = ? WHERE id = ?", (priority, task_id))
+
+    def next_due(self, kinds: Iterable[str] = KINDS) -> float | None:
+        """When the next queued task of these kinds waiting on a backoff becomes ready."""
+        kinds = tuple(kinds)
+        row = self.store.conn.execute(
+            "SELECT min(run_after) FROM tasks WHERE state = 'queued' AND run_after > ?"
+            f" AND kind IN ({','.join('?' * len(kinds))})",
+            (self.clock(), *kinds),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+
+Rows = list[tuple[int, TaskState, int]]
+Params = tuple[Any, ...] | Callable[[int], tuple[Any, ...]]
+
+
+def _transition(
+    conn: sqlite3.Connection, rows: Rows, to: TaskState, now: float, sets: str,
+    params: Params, *, detail: str | None = None,
+) -> None:
+    """The one way a task changes state: check each move, update, and record an event.
+
+    `rows` are (task_id, current state, attempt) read in the same transaction.
+    """
+    if not rows:
+        return
+    for task_id, current, _ in rows:
+        if (current, to) not in MOVES:
+            raise StateError(f"task {task_id}: cannot move from {current} to {to}")
+    per_row = params if callable(params) else (lambda _i, p=params: p)
+    conn.executemany(
+        f"UPDATE tasks SET state = ?, {sets} WHERE id = ? AND state = ?",
+        [(to.value, *per_row(i), i, s.value) for i, s, _ in rows],
+    )
+    conn.executemany(
+        "INSERT INTO task_events (task_id, at, from_state, to_state, attempt, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(i, now, s.value, to.value, a, detail) for i, s, a in rows],
+    )
+
+
+def _note(conn: sqlite3.Connection, task_id: int, state: TaskState, now: float, detail: str) -> None:
+    """An event that is not a move (a cancel request), in the same log."""
+    conn.execute(
+        "INSERT INTO task_events (task_id, at, from_state, to_state, attempt, detail)"
+        " SELECT id, ?, state, state, attempt, ? FROM tasks WHERE id = ?",
+        (now, detail, task_id),
+    )
+    del state
+
+
+def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...], key: str | None) -> int:
+    if key is not None:
+        found = conn.execute("SELECT id FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
+        if found:
+            return int(found[0])
+    cur = conn.execute(_INSERT, row)
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _current(conn: sqlite3.Connection, tokens: Mapping[int, int]) -> dict[int, tuple[int, bool]]:
+    """Of the (task_id -> token) given, those running with that token.
+
+    Returns task_id -> (attempt, cancel requested).
+    """
+    found: dict[int, tuple[int, bool]] = {}
+    ids = list(tokens)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = conn.execute(
+            "SELECT id, lease_token, attempt, cancel_requested FROM tasks"
+            f" WHERE state = 'running' AND id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
+        found.update((i, (a, bool(c))) for i, t, a, c in rows if tokens[i] == t)
+    return found
+
+
+def labels_match(task_labels: str | None, runner_labels: str) -> bool:
+    """SQL function: every label the task asks for is among the runner's labels."""
+    if not task_labels:
+        return True
+    wanted: dict[str, str] = json.loads(task_labels)
+    have: dict[str, str] = json.loads(runner_labels)
+    return all(have.get(k) == v for k, v in wanted.items())
