@@ -5,7 +5,7 @@ is expected, `id`. This is the one module of the agent that the control plane im
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any
 
 PROTOCOL_VERSION = 1
 
@@ -21,22 +21,22 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 class ProtocolError(ValueError):
     """A line that is not a valid protocol message; `code` is a stable machine-readable reason."""
 
-    def __init__(self, code: str, message: str, msg_id: Optional[str] = None) -> None:
+    def __init__(self, code: str, message: str, msg_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.msg_id = msg_id
 
 
-def encode(msg_type: str, msg_id: Optional[str] = None, **fields: Any) -> bytes:
+def encode(msg_type: str, msg_id: str | None = None, **fields: Any) -> bytes:
     """One message as a line of bytes, newline included."""
-    msg: Dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg_type}
+    msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg_type}
     if msg_id is not None:
         msg["id"] = msg_id
     msg.update(fields)
     return (json.dumps(msg, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
-def decode(line: bytes, accepted: frozenset[str]) -> Dict[str, Any]:
+def decode(line: bytes, accepted: frozenset[str]) -> dict[str, Any]:
     """Parse one line into a message whose type is in `accepted`, or raise ProtocolError."""
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError("line_too_long", f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")

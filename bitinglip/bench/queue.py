@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,18 +23,26 @@ from bitinglip.control.tasks import TaskQueue, TaskSpec
 CLAIM_BATCH = 64
 
 
-def run(profile: Profile, tasks: int = 5000, progress: Callable[[str], None] = lambda _s: None) -> dict[str, Any]:
+def run(
+    profile: Profile, tasks: int = 5000, progress: Callable[[str], None] = lambda _s: None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as tmp:
         base = replace(profile, data_dir=Path(tmp))
         out: dict[str, Any] = {"tasks": tasks, "durability": profile.durability}
         steps: list[tuple[str, Callable[[Profile, int], dict[str, float]]]] = [
-            ("enqueue", _enqueue), ("bulk enqueue", _bulk), ("claim+complete", _claim_complete),
-            ("raw sqlite baseline", _raw_baseline), ("end to end", _e2e), ("round trip", _rtt),
+            ("enqueue", _enqueue),
+            ("bulk enqueue", _bulk),
+            ("claim+complete", _claim_complete),
+            ("raw sqlite baseline", _raw_baseline),
+            ("end to end", _e2e),
+            ("round trip", _rtt),
         ]
         for i, (name, step) in enumerate(steps):
             progress(f"[{i + 1}/{len(steps)}] {name}")
             out.update(step(replace(base, data_dir=Path(tmp) / name.replace(" ", "_")), tasks))
-    out["claim_complete_vs_raw"] = round(out["claim_complete_per_s"] / out["raw_claim_complete_per_s"], 3)
+    out["claim_complete_vs_raw"] = round(
+        out["claim_complete_per_s"] / out["raw_claim_complete_per_s"], 3
+    )
     return out
 
 
@@ -85,8 +92,11 @@ def _claim_complete(profile: Profile, n: int) -> dict[str, float]:
         queue.complete(claim.task_id, claim.token, claim.payload)
     single = (n // 4) / (time.perf_counter() - start)
     queue.store.close()
-    return {"claim_complete_per_s": round(batched), "claim_complete_single_per_s": round(single),
-            "claim_batch": CLAIM_BATCH}
+    return {
+        "claim_complete_per_s": round(batched),
+        "claim_complete_single_per_s": round(single),
+        "claim_batch": CLAIM_BATCH,
+    }
 
 
 def _raw_baseline(profile: Profile, n: int) -> dict[str, float]:
@@ -98,7 +108,9 @@ def _raw_baseline(profile: Profile, n: int) -> dict[str, float]:
     conn.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, state TEXT, payload TEXT, result TEXT)")
     conn.execute("CREATE INDEX q_ready ON q (id) WHERE state = 'queued'")
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT INTO q (state, payload) VALUES ('queued', ?)", [(f'{{"i":{i}}}',) for i in range(n)])
+    conn.executemany(
+        "INSERT INTO q (state, payload) VALUES ('queued', ?)", [(f'{{"i":{i}}}',) for i in range(n)]
+    )
     conn.execute("COMMIT")
     start = time.perf_counter()
     for _ in range(n):
@@ -140,8 +152,7 @@ def _rtt(profile: Profile, n: int) -> dict[str, float]:
             samples.append(time.perf_counter() - start)
             assert task.result == {"i": i}
     samples.sort()
-    return {"rtt_p50_ms": round(statistics.median(samples) * 1000, 3),
-            "rtt_p99_ms": round(samples[int(len(samples) * 0.99) - 1] * 1000, 3)}
-
-
-
+    return {
+        "rtt_p50_ms": round(statistics.median(samples) * 1000, 3),
+        "rtt_p99_ms": round(samples[int(len(samples) * 0.99) - 1] * 1000, 3),
+    }

@@ -35,11 +35,18 @@ def root(
     ctx: typer.Context,
     profile: Annotated[
         str | None,
-        typer.Option("--profile", "-p", help="Profile NAME or PATH (default: $BITINGLIP_PROFILE or 'default')."),
+        typer.Option(
+            "--profile",
+            "-p",
+            help="Profile NAME or PATH (default: $BITINGLIP_PROFILE or 'default').",
+        ),
     ] = None,
     data_dir: Annotated[
         str | None,
-        typer.Option("--data-dir", help="Where the state database lives (overrides $BITINGLIP_DATA_DIR and the profile)."),
+        typer.Option(
+            "--data-dir",
+            help="Where the state database lives (overrides $BITINGLIP_DATA_DIR and the profile).",
+        ),
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
@@ -74,10 +81,14 @@ def up(ctx: typer.Context) -> None:
         signal.signal(sig, on_signal)
 
     def on_state(state: str) -> None:
-        note(f"bitinglip: {state} of {profile.db_path} (profile {profile.name}, owner {loop.owner})")
+        note(
+            f"bitinglip: {state} of {profile.db_path} (profile {profile.name}, owner {loop.owner})"
+        )
 
     note(f"bitinglip: up, profile {profile.name}, waiting for the controller lease")
-    runner = threading.Thread(target=loop.run, kwargs={"on_state": on_state}, name="bitinglip-control")
+    runner = threading.Thread(
+        target=loop.run, kwargs={"on_state": on_state}, name="bitinglip-control"
+    )
     runner.start()
     while runner.is_alive():
         runner.join(0.2)  # the main thread stays free to take signals

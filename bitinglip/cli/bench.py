@@ -8,7 +8,9 @@ import typer
 
 from bitinglip.cli.common import emit_json, note, profile_of
 
-app = typer.Typer(help="Benchmarks (each runs on a fresh temporary database).", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks (each runs on a fresh temporary database).", no_args_is_help=True
+)
 
 
 @app.command("queue")

@@ -19,8 +19,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 @app.command("submit")
 def submit(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A JSONL file: BitingLip task lines or OpenAI Batch API lines.")],
-    name: Annotated[str | None, typer.Option(help="A name for the job (default: the file name).")] = None,
+    path: Annotated[
+        Path, typer.Argument(help="A JSONL file: BitingLip task lines or OpenAI Batch API lines.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="A name for the job (default: the file name).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check every line, then queue them all as one job (nothing is queued if a line is bad)."""
@@ -56,7 +60,11 @@ def _row(job: Job) -> list[object]:
 
 
 @app.command("show")
-def show(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="Job id.")], as_json: JsonOpt = False) -> None:
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    as_json: JsonOpt = False,
+) -> None:
     """One job: source, format and task counts by state."""
     with plane_of(ctx) as plane:
         job = plane.job(job_id)
@@ -73,7 +81,9 @@ def show(ctx: typer.Context, job_id: Annotated[int, typer.Argument(help="Job id.
 def export(
     ctx: typer.Context,
     job_id: Annotated[int, typer.Argument(help="Job id.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file (default: stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (default: stdout).")
+    ] = None,
 ) -> None:
     """Write the job's results as JSONL, one line per input line, in the input's format."""
     with plane_of(ctx) as plane:

@@ -10,7 +10,9 @@ from bitinglip.cli.common import emit_json, fail, options, table
 from bitinglip.config import list_profiles, load_profile
 from bitinglip.errors import ConfigError
 
-app = typer.Typer(help="Profiles: where they are, what they say, whether they are valid.", no_args_is_help=True)
+app = typer.Typer(
+    help="Profiles: where they are, what they say, whether they are valid.", no_args_is_help=True
+)
 
 
 @app.command("ls")
@@ -18,7 +20,12 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
     """Every profile BitingLip can find, in discovery order."""
     refs = list_profiles()
     if as_json:
-        emit_json([{"name": r.name, "path": str(r.path) if r.path else None, "origin": r.origin} for r in refs])
+        emit_json(
+            [
+                {"name": r.name, "path": str(r.path) if r.path else None, "origin": r.origin}
+                for r in refs
+            ]
+        )
         return
     table(["name", "origin", "path"], [(r.name, r.origin, r.path or "(built in)") for r in refs])
 
@@ -26,7 +33,9 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = Fa
 @app.command("show")
 def show(
     ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="Profile NAME or PATH (default: the active one).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Profile NAME or PATH (default: the active one).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The profile as BitingLip reads it, after the precedence ladder."""
@@ -42,7 +51,10 @@ def show(
 
 @app.command("check")
 def check(
-    names: Annotated[list[str] | None, typer.Argument(help="Profile NAMEs or PATHs (default: every profile found).")] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Profile NAMEs or PATHs (default: every profile found)."),
+    ] = None,
 ) -> None:
     """Validate profiles; print one line per problem and exit 2 if any is invalid."""
     refs = names or [str(r.path) if r.path else r.name for r in list_profiles()]

@@ -22,29 +22,60 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def submit(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=f"Task kind: {', '.join(KINDS)}.")],
-    payload: Annotated[str | None, typer.Option(help="The task's payload as a JSON object.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model alias or repo (generate, chat, embed).")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Prompt text (generate; chat as one user message; embed input).")] = None,
+    payload: Annotated[
+        str | None, typer.Option(help="The task's payload as a JSON object.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model alias or repo (generate, chat, embed).")
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(help="Prompt text (generate; chat as one user message; embed input)."),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Run only on this host.")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="Run only on hosts with this label (k=v; repeatable).")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Run only on hosts with this label (k=v; repeatable).")
+    ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    max_attempts: Annotated[int | None, typer.Option(min=1, help="Tries before the task is dead (default: profile).")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Submitting the same key again returns the first task.")] = None,
-    retry_on_error: Annotated[bool, typer.Option(help="Retry application errors too, not only infrastructure ones.")] = False,
-    wait: Annotated[bool, typer.Option(help="Wait for the result (runs a control plane for the duration if none is up).")] = False,
-    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds (exit 1).")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(min=1, help="Tries before the task is dead (default: profile).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Submitting the same key again returns the first task.")
+    ] = None,
+    retry_on_error: Annotated[
+        bool, typer.Option(help="Retry application errors too, not only infrastructure ones.")
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Wait for the result (runs a control plane for the duration if none is up)."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds (exit 1).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue one task; print its id, or with --wait its result."""
     spec = TaskSpec(
-        kind=kind, payload=_payload(kind, payload, prompt), model=model, host=host,
-        labels=parse_labels(label), priority=priority, max_attempts=max_attempts,
-        idempotency_key=idempotency_key, retry_on_error=retry_on_error,
+        kind=kind,
+        payload=_payload(kind, payload, prompt),
+        model=model,
+        host=host,
+        labels=parse_labels(label),
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        retry_on_error=retry_on_error,
     )
     spec.validate()
     if wait and not runnable(kind):
-        fail(f"--wait: nothing in this release runs {kind} tasks yet (only "
-             "echo); submit without --wait to queue it for the agents", 1)
+        fail(
+            f"--wait: nothing in this release runs {kind} tasks yet (only "
+            "echo); submit without --wait to queue it for the agents",
+            1,
+        )
     with plane_of(ctx) as plane:
         if not wait:
             task_id = plane.submit(spec)
@@ -78,7 +109,8 @@ def _report(task: Task, as_json: bool) -> None:
         result = task.result
         typer.echo(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False))
     if task.state in (TaskState.QUEUED, TaskState.RUNNING):
-        fail(f"task {task.id} is still {task.state} after the timeout; see `bitinglip tasks show {task.id}`")
+        hint = f"see `bitinglip tasks show {task.id}`"
+        fail(f"task {task.id} is still {task.state} after the timeout; {hint}")
     if task.state != TaskState.SUCCEEDED:
         fail(f"task {task.id} {task.state}: {task.error or 'no error recorded'}")
 
@@ -100,8 +132,20 @@ def ls(
     now = time.time()
     table(
         ["id", "kind", "state", "model", "host", "prio", "attempt", "age", "job"],
-        [(t.id, t.kind, t.state, t.model or "-", t.ran_on or t.host or "-", t.priority,
-          f"{t.attempt}/{t.max_attempts}", age(now - t.created_at), t.job_id or "-") for t in tasks],
+        [
+            (
+                t.id,
+                t.kind,
+                t.state,
+                t.model or "-",
+                t.ran_on or t.host or "-",
+                t.priority,
+                f"{t.attempt}/{t.max_attempts}",
+                age(now - t.created_at),
+                t.job_id or "-",
+            )
+            for t in tasks
+        ],
     )
 
 
@@ -126,7 +170,8 @@ def show(
     typer.echo("events:")
     for e in events:
         stamp = time.strftime("%H:%M:%S", time.localtime(e["at"]))
-        typer.echo(f"  {stamp}  {e['from_state'] or '':>9} -> {e['to_state']:<9} #{e['attempt']}  {e['detail'] or ''}")
+        move = f"{e['from_state'] or '':>9} -> {e['to_state']:<9}"
+        typer.echo(f"  {stamp}  {move} #{e['attempt']}  {e['detail'] or ''}")
     if output:
         typer.echo("output:")
         typer.echo(output)

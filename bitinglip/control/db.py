@@ -196,10 +196,8 @@ def _create(path: Path, durability: str) -> None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
-        try:
-            os.link(tmp, path)  # fails if another process created it first: keep theirs
-        except FileExistsError:
-            pass
+        with suppress(FileExistsError):  # another process created it first: keep theirs
+            os.link(tmp, path)
     except OSError as exc:
         raise StoreError(f"cannot create the state database {path}: {exc.strerror}") from None
     finally:

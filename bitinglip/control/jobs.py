@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,27 @@ from bitinglip.errors import InputError, NotFoundError
 
 PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
 NATIVE_KEYS = frozenset(
-    {"kind", "id", "payload", "model", "prompt", "messages", "input", "priority",
-     "max_attempts", "host", "labels", *PARAMS}
+    {
+        "kind",
+        "id",
+        "payload",
+        "model",
+        "prompt",
+        "messages",
+        "input",
+        "priority",
+        "max_attempts",
+        "host",
+        "labels",
+        *PARAMS,
+    }
 )
 OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
-OPENAI_URLS = {"/v1/chat/completions": "chat", "/v1/completions": "generate",
-               "/v1/embeddings": "embed"}
+OPENAI_URLS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "generate",
+    "/v1/embeddings": "embed",
+}
 BODY_FIELD = {"chat": "messages", "generate": "prompt", "embed": "input"}
 
 
@@ -46,9 +61,16 @@ class Job:
         return sum(n for s, n in self.counts.items() if s not in ("queued", "running"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "source": self.source, "format": self.format,
-                "total": self.total, "done": self.done, "created_at": self.created_at,
-                "counts": self.counts}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "source": self.source,
+            "format": self.format,
+            "total": self.total,
+            "done": self.done,
+            "created_at": self.created_at,
+            "counts": self.counts,
+        }
 
 
 def parse_jsonl(path: Path) -> tuple[str, list[TaskSpec]]:
@@ -70,7 +92,7 @@ def parse_jsonl(path: Path) -> tuple[str, list[TaskSpec]]:
             raise InputError(f"{where}: a {line_fmt} line in a {fmt} file; use one format per file")
         fmt = line_fmt
         spec = _openai_spec(obj, where) if fmt == "openai" else _native_spec(obj, where)
-        spec = TaskSpec(**{**spec.__dict__, "line_no": line_no})
+        spec = replace(spec, line_no=line_no)
         if spec.custom_id is not None:
             if spec.custom_id in seen_ids:
                 raise InputError(
@@ -104,7 +126,9 @@ def _json_object(line: str, where: str) -> dict[str, Any]:
 def _native_spec(obj: dict[str, Any], where: str) -> TaskSpec:
     unknown = sorted(set(obj) - NATIVE_KEYS)
     if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(NATIVE_KEYS))}")
+        raise InputError(
+            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(NATIVE_KEYS))}"
+        )
     kind = obj.get("kind")
     if kind not in KINDS:
         raise InputError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -121,8 +145,11 @@ def _native_spec(obj: dict[str, Any], where: str) -> TaskSpec:
         raise InputError(f"{where}: id must be a string or a number")
     labels = _typed(obj, "labels", dict, where)
     return TaskSpec(
-        kind=kind, payload=payload, model=_typed(obj, "model", str, where),
-        host=_typed(obj, "host", str, where), labels=labels,
+        kind=kind,
+        payload=payload,
+        model=_typed(obj, "model", str, where),
+        host=_typed(obj, "host", str, where),
+        labels=labels,
         priority=_typed(obj, "priority", int, where) or 0,
         max_attempts=_typed(obj, "max_attempts", int, where),
         custom_id=None if custom_id is None else str(custom_id),
@@ -138,10 +165,12 @@ def _openai_spec(obj: dict[str, Any], where: str) -> TaskSpec:
         raise InputError(f"{where}: unknown key {unknown[0]!r} in an OpenAI batch line")
     custom_id = _typed(obj, "custom_id", str, where, required=True)
     if obj["method"] != "POST":
-        raise InputError(f"{where}: method must be \"POST\", not {obj['method']!r}")
+        raise InputError(f'{where}: method must be "POST", not {obj["method"]!r}')
     kind = OPENAI_URLS.get(obj["url"])
     if kind is None:
-        raise InputError(f"{where}: url {obj['url']!r} is not supported; use one of {', '.join(OPENAI_URLS)}")
+        raise InputError(
+            f"{where}: url {obj['url']!r} is not supported; use one of {', '.join(OPENAI_URLS)}"
+        )
     body = _typed(obj, "body", dict, where, required=True)
     model = _typed(body, "model", str, f"{where}: body", required=True)
     field = BODY_FIELD[kind]
@@ -156,10 +185,13 @@ def _check_body_field(kind: str, value: Any, where: str) -> Any:
     if kind == "generate" and not isinstance(value, str):
         raise InputError(f"{where}: prompt must be a string")
     if kind == "chat" and not (
-        isinstance(value, list) and value
+        isinstance(value, list)
+        and value
         and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
     ):
-        raise InputError(f"{where}: messages must be a non-empty list of {{\"role\", \"content\"}} objects")
+        raise InputError(
+            f'{where}: messages must be a non-empty list of {{"role", "content"}} objects'
+        )
     if kind == "embed" and not isinstance(value, (str, list)):
         raise InputError(f"{where}: input must be a string or a list of strings")
     return value
@@ -185,11 +217,14 @@ def get_job(store: Store, job_id: int) -> Job:
     ).fetchone()
     if row is None:
         raise NotFoundError(f"no job {job_id}; list jobs with `bitinglip jobs ls`")
-    return Job(*row, counts=counts(store, job_id=job_id))
+    job_id, name, source, fmt, total, created_at = row
+    return Job(job_id, name, source, fmt, total, created_at, counts(store, job_id=job_id))
 
 
 def list_jobs(store: Store, limit: int = 50) -> list[Job]:
-    ids = [r[0] for r in store.conn.execute("SELECT id FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+    ids = [
+        r[0] for r in store.conn.execute("SELECT id FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+    ]
     return [get_job(store, i) for i in ids]
 
 
@@ -202,23 +237,37 @@ def export_lines(store: Store, job_id: int) -> Iterator[str]:
 
 
 def _native_line(task: Task) -> dict[str, Any]:
-    return {"id": task.custom_id, "line": task.line_no, "task_id": task.id, "kind": task.kind,
-            "state": task.state.value, "attempt": task.attempt, "result": task.result,
-            "error": task.error, "error_kind": task.error_kind}
+    return {
+        "id": task.custom_id,
+        "line": task.line_no,
+        "task_id": task.id,
+        "kind": task.kind,
+        "state": task.state.value,
+        "attempt": task.attempt,
+        "result": task.result,
+        "error": task.error,
+        "error_kind": task.error_kind,
+    }
 
 
 def _openai_line(task: Task) -> dict[str, Any]:
     request_id = f"bitinglip-task-{task.id}"
-    line: dict[str, Any] = {"id": request_id, "custom_id": task.custom_id, "response": None,
-                            "error": None}
+    line: dict[str, Any] = {
+        "id": request_id,
+        "custom_id": task.custom_id,
+        "response": None,
+        "error": None,
+    }
     if task.state == TaskState.SUCCEEDED:
         body = openai_body(task)
         line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
     elif task.state in (TaskState.QUEUED, TaskState.RUNNING):
         line["error"] = {"code": "not_finished", "message": f"task {task.id} is {task.state}"}
     else:
-        line["error"] = {"code": task.error_kind or task.state.value,
-                         "message": task.error or f"task {task.id} is {task.state}"}
+        line["error"] = {
+            "code": task.error_kind or task.state.value,
+            "message": task.error or f"task {task.id} is {task.state}",
+        }
     return line
 
 
@@ -226,13 +275,22 @@ def openai_body(task: Task) -> dict[str, Any]:
     """An OpenAI response body from a finished task's result."""
     result = task.result if isinstance(task.result, dict) else {"text": task.result}
     created = int(task.finished_at or time.time())
-    common = {"id": f"bitinglip-task-{task.id}", "created": created, "model": task.model,
-              "usage": result.get("usage")}
+    common = {
+        "id": f"bitinglip-task-{task.id}",
+        "created": created,
+        "model": task.model,
+        "usage": result.get("usage"),
+    }
     if task.kind == "embed":
         vectors = result.get("embeddings") or []
-        return {"object": "list", "model": task.model, "usage": result.get("usage"),
-                "data": [{"object": "embedding", "index": i, "embedding": v}
-                         for i, v in enumerate(vectors)]}
+        return {
+            "object": "list",
+            "model": task.model,
+            "usage": result.get("usage"),
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+        }
     choice: dict[str, Any] = {"index": 0, "finish_reason": result.get("finish_reason")}
     if task.kind == "chat":
         choice["message"] = {"role": "assistant", "content": result.get("text")}

@@ -83,8 +83,9 @@ class ControlPlane:
     def task(self, task_id: int) -> Task:
         return task_views.get_task(self.store, task_id)
 
-    def tasks(self, *, state: TaskState | None = None, job_id: int | None = None,
-              limit: int = 50) -> list[Task]:
+    def tasks(
+        self, *, state: TaskState | None = None, job_id: int | None = None, limit: int = 50
+    ) -> list[Task]:
         return task_views.list_tasks(self.store, state=state, job_id=job_id, limit=limit)
 
     def events(self, task_id: int) -> list[dict[str, Any]]:

@@ -119,7 +119,8 @@ def output(store: Store, task_id: int) -> str:
 
 
 def _filters(state: TaskState | None, job_id: int | None) -> tuple[str, tuple[Any, ...]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     if state is not None:
         clauses.append("state = ?")
         args.append(state.value)

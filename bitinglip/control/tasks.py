@@ -199,7 +199,8 @@ class TaskQueue:
         now = self.clock()
         expires = now + (lease_s or self.config.lease_ttl_s)
         sql = (
-            "SELECT id, attempt FROM tasks INDEXED BY tasks_ready WHERE state = 'queued' AND run_after <= ?"
+            "SELECT id, attempt FROM tasks INDEXED BY tasks_ready"
+            " WHERE state = 'queued' AND run_after <= ?"
             f" AND kind IN ({','.join('?' * len(kinds))})"
             " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
             " ORDER BY priority DESC, id LIMIT ?"
@@ -210,10 +211,14 @@ class TaskQueue:
             if not picked:
                 return []
             _transition(
-                conn, [(i, Q, a) for i, a in picked], R, now,
+                conn,
+                [(i, Q, a) for i, a in picked],
+                R,
+                now,
                 "lease_owner = ?, lease_expires_at = ?, lease_token = lease_token + 1,"
                 " started_at = ?, ran_on = ?",
-                (owner, expires, now, host), detail=f"claimed by {owner}",
+                (owner, expires, now, host),
+                detail=f"claimed by {owner}",
             )
             marks = ",".join("?" * len(picked))
             got = conn.execute(
@@ -223,7 +228,9 @@ class TaskQueue:
             ).fetchall()
         return [Claim(i, k, json.loads(p), m, t, a, expires) for i, k, p, m, t, a in got]
 
-    def heartbeat(self, owner: str, tokens: Mapping[int, int], lease_s: float | None = None) -> Beat:
+    def heartbeat(
+        self, owner: str, tokens: Mapping[int, int], lease_s: float | None = None
+    ) -> Beat:
         """Extend the leases `owner` still holds; say which it lost and which should cancel."""
         if not tokens:
             return Beat(frozenset(), frozenset())
@@ -234,7 +241,7 @@ class TaskQueue:
                 " AND state = 'running' AND lease_owner = ?",
                 [(expires, i, t, owner) for i, t in tokens.items()],
             )
-            held = _current(conn, tokens)
+            held = _current(conn, tokens, owner)
         lost = frozenset(tokens) - frozenset(held)
         return Beat(lost, frozenset(i for i, (_, cancel) in held.items() if cancel))
 
@@ -251,7 +258,10 @@ class TaskQueue:
             payloads = {i: _dumps(r) for i, _, r in results}
             done = [(i, R, a) for i, (a, _) in current.items()]
             _transition(
-                conn, done, TaskState.SUCCEEDED, now,
+                conn,
+                done,
+                TaskState.SUCCEEDED,
+                now,
                 "result = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL",
                 lambda i: (payloads[i], now),
             )
@@ -265,7 +275,9 @@ class TaskQueue:
         with self.store.write() as conn:
             current = _current(conn, {task_id: token})
             if not current:
-                raise StaleLeaseError(f"task {task_id}: lease token {token} is stale; error dropped")
+                raise StaleLeaseError(
+                    f"task {task_id}: lease token {token} is stale; error dropped"
+                )
             if current[task_id][1]:
                 return self._end_canceled(conn, [task_id], now, "canceled after a failure")
             return self._after_failure(conn, task_id, now, error, kind, retryable)
@@ -283,8 +295,13 @@ class TaskQueue:
         with self.store.write() as conn:
             current = _current(conn, dict(items))
             _transition(
-                conn, [(i, R, a) for i, (a, _) in current.items()], Q, now,
-                "lease_owner = NULL, lease_expires_at = NULL, run_after = ?", (now,), detail=reason,
+                conn,
+                [(i, R, a) for i, (a, _) in current.items()],
+                Q,
+                now,
+                "lease_owner = NULL, lease_expires_at = NULL, run_after = ?",
+                (now,),
+                detail=reason,
             )
         return len(current)
 
@@ -320,7 +337,12 @@ class TaskQueue:
         return len(expired)
 
     def _after_failure(
-        self, conn: sqlite3.Connection, task_id: int, now: float, error: str, kind: str,
+        self,
+        conn: sqlite3.Connection,
+        task_id: int,
+        now: float,
+        error: str,
+        kind: str,
         retry: bool,
     ) -> TaskState:
         attempt, max_attempts, retry_on_error = conn.execute(
@@ -333,15 +355,24 @@ class TaskQueue:
                 self.config.retry_backoff_s * 2 ** (attempt - 1), self.config.retry_backoff_max_s
             )
             _transition(
-                conn, [(task_id, R, attempt)], Q, now,
-                f"{clear}, attempt = attempt + 1, run_after = ?", (error, kind, now + delay),
+                conn,
+                [(task_id, R, attempt)],
+                Q,
+                now,
+                f"{clear}, attempt = attempt + 1, run_after = ?",
+                (error, kind, now + delay),
                 detail=f"{kind}: {error}; retry in {delay:g}s",
             )
             return Q
         end = TaskState.DEAD if retry else TaskState.FAILED
         _transition(
-            conn, [(task_id, R, attempt)], end, now, f"{clear}, finished_at = ?",
-            (error, kind, now), detail=f"{kind}: {error}",
+            conn,
+            [(task_id, R, attempt)],
+            end,
+            now,
+            f"{clear}, finished_at = ?",
+            (error, kind, now),
+            detail=f"{kind}: {error}",
         )
         return end
 
@@ -352,8 +383,13 @@ class TaskQueue:
             f"SELECT id, state, attempt FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
         ).fetchall()
         _transition(
-            conn, [(i, TaskState(s), a) for i, s, a in rows], TaskState.CANCELED, now,
-            "lease_owner = NULL, lease_expires_at = NULL, finished_at = ?", (now,), detail=detail,
+            conn,
+            [(i, TaskState(s), a) for i, s, a in rows],
+            TaskState.CANCELED,
+            now,
+            "lease_owner = NULL, lease_expires_at = NULL, finished_at = ?",
+            (now,),
+            detail=detail,
         )
         return TaskState.CANCELED
 
@@ -392,10 +428,14 @@ class TaskQueue:
                     outcome[task_id] = "not found"
                 elif (TaskState(row[0]), Q) in MOVES and row[0] != R:
                     _transition(
-                        conn, [(task_id, TaskState(row[0]), row[1])], Q, now,
+                        conn,
+                        [(task_id, TaskState(row[0]), row[1])],
+                        Q,
+                        now,
                         "attempt = 1, run_after = ?, cancel_requested = 0, error = NULL,"
                         " error_kind = NULL, result = NULL, finished_at = NULL",
-                        (now,), detail="retried by the operator",
+                        (now,),
+                        detail="retried by the operator",
                     )
                     outcome[task_id] = "queued"
                 else:
@@ -427,8 +467,14 @@ Params = tuple[Any, ...] | Callable[[int], tuple[Any, ...]]
 
 
 def _transition(
-    conn: sqlite3.Connection, rows: Rows, to: TaskState, now: float, sets: str,
-    params: Params, *, detail: str | None = None,
+    conn: sqlite3.Connection,
+    rows: Rows,
+    to: TaskState,
+    now: float,
+    sets: str,
+    params: Params,
+    *,
+    detail: str | None = None,
 ) -> None:
     """The one way a task changes state: check each move, update, and record an event.
 
@@ -451,7 +497,9 @@ def _transition(
     )
 
 
-def _note(conn: sqlite3.Connection, task_id: int, state: TaskState, now: float, detail: str) -> None:
+def _note(
+    conn: sqlite3.Connection, task_id: int, state: TaskState, now: float, detail: str
+) -> None:
     """An event that is not a move (a cancel request), in the same log."""
     conn.execute(
         "INSERT INTO task_events (task_id, at, from_state, to_state, attempt, detail)"
@@ -471,8 +519,10 @@ def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...], key: str | None)
     return cur.lastrowid
 
 
-def _current(conn: sqlite3.Connection, tokens: Mapping[int, int]) -> dict[int, tuple[int, bool]]:
-    """Of the (task_id -> token) given, those running with that token.
+def _current(
+    conn: sqlite3.Connection, tokens: Mapping[int, int], owner: str | None = None
+) -> dict[int, tuple[int, bool]]:
+    """Of the (task_id -> token) given, those running with that token (and that owner).
 
     Returns task_id -> (attempt, cancel requested).
     """
@@ -481,11 +531,13 @@ def _current(conn: sqlite3.Connection, tokens: Mapping[int, int]) -> dict[int, t
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows = conn.execute(
-            "SELECT id, lease_token, attempt, cancel_requested FROM tasks"
+            "SELECT id, lease_token, attempt, cancel_requested, lease_owner FROM tasks"
             f" WHERE state = 'running' AND id IN ({','.join('?' * len(chunk))})",
             chunk,
         ).fetchall()
-        found.update((i, (a, bool(c))) for i, t, a, c in rows if tokens[i] == t)
+        found.update(
+            (i, (a, bool(c))) for i, t, a, c, o in rows if tokens[i] == t and owner in (None, o)
+        )
     return found
 
 

@@ -28,7 +28,7 @@ def huey_numbers(tasks: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         huey = SqliteHuey(filename=str(Path(tmp) / "huey.db"))
 
-        @huey.task()
+        @huey.task()  # type: ignore[untyped-decorator]
         def echo(x: int) -> int:
             return x
 
@@ -37,8 +37,14 @@ def huey_numbers(tasks: int) -> dict[str, float]:
             echo(i)
         out["enqueue_per_s"] = tasks / (time.perf_counter() - start)
 
-        consumer = huey.create_consumer(workers=1, worker_type="thread", initial_delay=0.001,
-                                        backoff=1.0, max_delay=0.001, periodic=False)
+        consumer = huey.create_consumer(
+            workers=1,
+            worker_type="thread",
+            initial_delay=0.001,
+            backoff=1.0,
+            max_delay=0.001,
+            periodic=False,
+        )
         start = time.perf_counter()
         consumer.start()
         _wait_results(huey, tasks)
@@ -47,7 +53,7 @@ def huey_numbers(tasks: int) -> dict[str, float]:
         start = time.perf_counter()
         for i in range(tasks):
             echo(i)
-        _wait_results(huey, 2 * tasks)
+        _wait_results(huey, tasks)
         out["e2e_per_s"] = tasks / (time.perf_counter() - start)
 
         samples = []
@@ -63,7 +69,7 @@ def huey_numbers(tasks: int) -> dict[str, float]:
 
 
 def _wait_results(huey: Any, count: int) -> None:
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 120
     while huey.result_count() < count:
         if time.monotonic() > deadline:
             raise TimeoutError("huey did not drain")
@@ -76,14 +82,28 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     args = parser.parse_args()
     huey = huey_numbers(args.tasks)
-    ours = json.loads(subprocess.run(
-        [sys.executable, "-m", "bitinglip", "bench", "queue", "--tasks", str(args.tasks), "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout)
+    ours = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bitinglip",
+                "bench",
+                "queue",
+                "--tasks",
+                str(args.tasks),
+                "--json",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     ratios = {
         "enqueue_vs_huey": ours["enqueue_per_s"] / huey["enqueue_per_s"],
         "e2e_vs_huey_enqueue_drain": ours["e2e_per_s"] / huey["e2e_per_s"],
-        "claim_complete_vs_raw_sqlite": ours["claim_complete_per_s"] / ours["raw_claim_complete_per_s"],
+        "claim_complete_vs_raw_sqlite": ours["claim_complete_per_s"]
+        / ours["raw_claim_complete_per_s"],
     }
     targets = {
         "enqueue_vs_huey": ratios["enqueue_vs_huey"] >= 3,
@@ -92,9 +112,17 @@ def main() -> None:
         "claim_complete_vs_raw_sqlite": ratios["claim_complete_vs_raw_sqlite"] >= 0.5,
         "rtt_p50_ms": ours["rtt_p50_ms"] <= 2,
     }
-    print(json.dumps({"huey": huey, "bitinglip": ours,
-                      "ratios": {k: round(v, 2) for k, v in ratios.items()},
-                      "targets_met": targets}, indent=2))
+    print(
+        json.dumps(
+            {
+                "huey": huey,
+                "bitinglip": ours,
+                "ratios": {k: round(v, 2) for k, v in ratios.items()},
+                "targets_met": targets,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

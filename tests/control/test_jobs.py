@@ -1,0 +1,153 @@
+"""Jobs from JSONL: both line formats, all-or-nothing checks, export in the input's format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bitinglip.control import jobs
+from bitinglip.control.plane import ControlPlane
+from bitinglip.control.tasks import TaskState
+from bitinglip.errors import InputError
+
+
+def write(tmp_path: Path, *lines: object) -> Path:
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
+    return path
+
+
+OPENAI_CHAT = {
+    "custom_id": "req-1",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {
+        "model": "gemma-3-270m",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+}
+
+
+def test_native_lines_become_specs(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {"kind": "echo", "payload": {"x": 1}, "id": "a"},
+        "",
+        {"kind": "generate", "model": "m", "prompt": "p", "max_tokens": 4, "seed": 1},
+        {"kind": "chat", "model": "m", "messages": [{"role": "user", "content": "c"}]},
+    )
+    fmt, specs = jobs.parse_jsonl(path)
+    assert fmt == "bitinglip"
+    assert [(s.kind, s.line_no, s.custom_id) for s in specs] == [
+        ("echo", 1, "a"),
+        ("generate", 3, None),
+        ("chat", 4, None),
+    ]
+    assert specs[1].payload == {"prompt": "p", "max_tokens": 4, "seed": 1}
+
+
+def test_openai_batch_lines_become_specs(tmp_path: Path) -> None:
+    emb = {
+        "custom_id": "e",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "m", "input": ["a", "b"]},
+    }
+    fmt, specs = jobs.parse_jsonl(write(tmp_path, OPENAI_CHAT, emb))
+    assert fmt == "openai"
+    assert [(s.kind, s.model, s.custom_id) for s in specs] == [
+        ("chat", "gemma-3-270m", "req-1"),
+        ("embed", "m", "e"),
+    ]
+    assert specs[0].payload["max_tokens"] == 8 and "model" not in specs[0].payload
+
+
+@pytest.mark.parametrize(
+    ("lines", "where", "says"),
+    [
+        (['{"kind": "echo"}', '{"kind": "echo"', '{"kind": "echo"}'], ":2:", "not valid JSON"),
+        (["[1, 2]"], ":1:", "JSON object"),
+        (['{"kind": "echo"}', json.dumps(OPENAI_CHAT)], ":2:", "one format per file"),
+        (['{"kind": "echo", "colour": 1}'], ":1:", "unknown key 'colour'"),
+        (['{"kind": "teleport"}'], ":1:", "kind must be one of"),
+        (['{"kind": "generate", "prompt": "p"}'], ":1:", "'model' is required"),
+        (['{"kind": "chat", "model": "m", "messages": []}'], ":1:", "non-empty list"),
+        (['{"kind": "echo", "id": "x"}', '{"kind": "echo", "id": "x"}'], ":2:", "repeats line 1"),
+        (['{"kind": "echo", "priority": "high"}'], ":1:", "'priority' must be a int"),
+        ([json.dumps({**OPENAI_CHAT, "method": "GET"})], ":1:", "method must be"),
+        ([json.dumps({**OPENAI_CHAT, "url": "/v1/images"})], ":1:", "not supported"),
+        (
+            [json.dumps({k: v for k, v in OPENAI_CHAT.items() if k != "custom_id"})],
+            ":1:",
+            "needs custom_id",
+        ),
+        ([json.dumps({**OPENAI_CHAT, "body": {"messages": []}})], ":1:", "'model' is required"),
+    ],
+)
+def test_bad_lines_name_their_line_and_queue_nothing(
+    tmp_path: Path, plane: ControlPlane, lines: list[str], where: str, says: str
+) -> None:
+    path = write(tmp_path, *lines)
+    with pytest.raises(InputError) as err:
+        plane.submit_job(path)
+    assert f"{path}{where}" in str(err.value) and says in str(err.value)
+    assert "\n" not in str(err.value)
+    assert sum(plane.status()["tasks"].values()) == 0 and plane.jobs() == []
+
+
+def test_empty_and_missing_files_are_refused(tmp_path: Path, plane: ControlPlane) -> None:
+    with pytest.raises(InputError, match="no tasks"):
+        plane.submit_job(write(tmp_path, ""))
+    with pytest.raises(InputError, match="no such file"):
+        plane.submit_job(tmp_path / "nope.jsonl")
+
+
+def test_a_job_runs_and_exports_in_its_own_format(tmp_path: Path, plane: ControlPlane) -> None:
+    path = write(
+        tmp_path,
+        {"kind": "echo", "payload": {"n": 1}, "id": "first"},
+        {"kind": "echo", "payload": {"n": 2}},
+        {"kind": "generate", "model": "m", "prompt": "never runs here"},
+    )
+    job = plane.submit_job(path)
+    assert (job.total, job.format, job.counts["queued"]) == (3, "bitinglip", 3)
+    with plane.embedded():
+        for task in plane.tasks(job_id=job.id):
+            if task.kind == "echo":
+                plane.wait(task.id, timeout=10)
+    job = plane.job(job.id)
+    assert (job.counts["succeeded"], job.counts["queued"], job.done) == (2, 1, 2)
+    lines = [json.loads(line) for line in plane.export_job(job.id)]
+    assert [(ln["id"], ln["line"], ln["state"], ln["result"]) for ln in lines] == [
+        ("first", 1, "succeeded", {"n": 1}),
+        (None, 2, "succeeded", {"n": 2}),
+        (None, 3, "queued", None),
+    ]
+
+
+def test_openai_export_has_one_line_per_request(tmp_path: Path, plane: ControlPlane) -> None:
+    job = plane.submit_job(write(tmp_path, OPENAI_CHAT, {**OPENAI_CHAT, "custom_id": "req-2"}))
+    (first, second) = sorted(plane.tasks(job_id=job.id), key=lambda t: t.id)
+    (claim,) = plane.queue.claim("test-runner", limit=1, kinds=("chat",))
+    assert claim.task_id == first.id
+    plane.queue.complete(
+        first.id,
+        claim.token,
+        {
+            "text": "Hello!",
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        },
+    )
+    lines = [json.loads(line) for line in plane.export_job(job.id)]
+    assert [ln["custom_id"] for ln in lines] == ["req-1", "req-2"]
+    body = lines[0]["response"]["body"]
+    assert lines[0]["response"]["status_code"] == 200 and lines[0]["error"] is None
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello!"}
+    assert body["usage"]["total_tokens"] == 5
+    assert lines[1]["response"] is None and lines[1]["error"]["code"] == "not_finished"
+    assert plane.task(second.id).state == TaskState.QUEUED
