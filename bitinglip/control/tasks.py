@@ -1,7 +1,7 @@
 """The durable task queue.
 
 A task moves through a small set of states (`TaskState`); every move goes through
-`_transition`, which checks it against `MOVES` and writes a `task_events` row in the same
+`states.transition`, which checks it against `MOVES` and writes a `task_events` row in the same
 transaction. A runner claims tasks with a lease (owner, expiry) and a fresh fencing token; it
 reports back with that token, and a report with a stale token is refused (`StaleLeaseError`).
 
@@ -17,32 +17,24 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 from bitinglip.config import QueueConfig
 from bitinglip.control.db import Store
+from bitinglip.control.states import (
+    MOVES,
+    TERMINAL,
+    Q,
+    R,
+    TaskState,
+    held_leases,
+    labels_match,
+    note,
+    transition,
+)
 from bitinglip.errors import InputError, StaleLeaseError, StateError
 
-
-class TaskState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    DEAD = "dead"
-
-
-TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.DEAD})
 KINDS = ("echo", "generate", "chat", "embed", "pull", "bench")
-Q, R = TaskState.QUEUED, TaskState.RUNNING
-MOVES: frozenset[tuple[TaskState, TaskState]] = frozenset(
-    {(Q, R), (Q, TaskState.CANCELED)}
-    | {(R, s) for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, Q)}
-    | {(R, TaskState.CANCELED)}
-    | {(s, Q) for s in (TaskState.FAILED, TaskState.DEAD, TaskState.CANCELED)}
-)
 
 
 @dataclass(frozen=True)
@@ -210,7 +202,7 @@ class TaskQueue:
             picked = conn.execute(sql, (now, *kinds, host, runner_labels, limit)).fetchall()
             if not picked:
                 return []
-            _transition(
+            transition(
                 conn,
                 [(i, Q, a) for i, a in picked],
                 R,
@@ -241,7 +233,7 @@ class TaskQueue:
                 " AND state = 'running' AND lease_owner = ?",
                 [(expires, i, t, owner) for i, t in tokens.items()],
             )
-            held = _current(conn, tokens, owner)
+            held = held_leases(conn, tokens, owner)
         lost = frozenset(tokens) - frozenset(held)
         return Beat(lost, frozenset(i for i, (_, cancel) in held.items() if cancel))
 
@@ -254,10 +246,10 @@ class TaskQueue:
         """Record results in one transaction; returns the ids whose token was stale (dropped)."""
         now = self.clock()
         with self.store.write() as conn:
-            current = _current(conn, {i: t for i, t, _ in results})
+            current = held_leases(conn, {i: t for i, t, _ in results})
             payloads = {i: _dumps(r) for i, _, r in results}
             done = [(i, R, a) for i, (a, _) in current.items()]
-            _transition(
+            transition(
                 conn,
                 done,
                 TaskState.SUCCEEDED,
@@ -273,7 +265,7 @@ class TaskQueue:
         """Record a failure. Retryable (infrastructure) failures requeue until max_attempts."""
         now = self.clock()
         with self.store.write() as conn:
-            current = _current(conn, {task_id: token})
+            current = held_leases(conn, {task_id: token})
             if not current:
                 raise StaleLeaseError(
                     f"task {task_id}: lease token {token} is stale; error dropped"
@@ -285,7 +277,7 @@ class TaskQueue:
     def confirm_canceled(self, task_id: int, token: int) -> None:
         """The runner stopped a task it was asked to cancel."""
         with self.store.write() as conn:
-            if not _current(conn, {task_id: token}):
+            if not held_leases(conn, {task_id: token}):
                 raise StaleLeaseError(f"task {task_id}: lease token {token} is stale")
             self._end_canceled(conn, [task_id], self.clock(), "canceled by the runner")
 
@@ -293,8 +285,8 @@ class TaskQueue:
         """Give running tasks back to the queue without an attempt penalty (graceful stop)."""
         now = self.clock()
         with self.store.write() as conn:
-            current = _current(conn, dict(items))
-            _transition(
+            current = held_leases(conn, dict(items))
+            transition(
                 conn,
                 [(i, R, a) for i, (a, _) in current.items()],
                 Q,
@@ -308,7 +300,7 @@ class TaskQueue:
     def append_output(self, task_id: int, token: int, data: str) -> None:
         """Store one batch of output chunks (a runner coalesces chunks before calling this)."""
         with self.store.write() as conn:
-            if not _current(conn, {task_id: token}):
+            if not held_leases(conn, {task_id: token}):
                 raise StaleLeaseError(f"task {task_id}: lease token {token} is stale")
             conn.execute(
                 "INSERT INTO task_output (task_id, seq, data) VALUES (?, (SELECT"
@@ -354,7 +346,7 @@ class TaskQueue:
             delay = min(
                 self.config.retry_backoff_s * 2 ** (attempt - 1), self.config.retry_backoff_max_s
             )
-            _transition(
+            transition(
                 conn,
                 [(task_id, R, attempt)],
                 Q,
@@ -365,7 +357,7 @@ class TaskQueue:
             )
             return Q
         end = TaskState.DEAD if retry else TaskState.FAILED
-        _transition(
+        transition(
             conn,
             [(task_id, R, attempt)],
             end,
@@ -382,7 +374,7 @@ class TaskQueue:
         rows = conn.execute(
             f"SELECT id, state, attempt FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
         ).fetchall()
-        _transition(
+        transition(
             conn,
             [(i, TaskState(s), a) for i, s, a in rows],
             TaskState.CANCELED,
@@ -409,7 +401,7 @@ class TaskQueue:
                     outcome[task_id] = "canceled"
                 elif row[0] == R:
                     conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
-                    _note(conn, task_id, R, now, "cancel requested")
+                    note(conn, task_id, R, now, "cancel requested")
                     outcome[task_id] = "cancel requested"
                 else:
                     outcome[task_id] = f"already {row[0]}"
@@ -427,7 +419,7 @@ class TaskQueue:
                 if row is None:
                     outcome[task_id] = "not found"
                 elif (TaskState(row[0]), Q) in MOVES and row[0] != R:
-                    _transition(
+                    transition(
                         conn,
                         [(task_id, TaskState(row[0]), row[1])],
                         Q,
@@ -462,53 +454,6 @@ class TaskQueue:
         return None if row[0] is None else float(row[0])
 
 
-Rows = list[tuple[int, TaskState, int]]
-Params = tuple[Any, ...] | Callable[[int], tuple[Any, ...]]
-
-
-def _transition(
-    conn: sqlite3.Connection,
-    rows: Rows,
-    to: TaskState,
-    now: float,
-    sets: str,
-    params: Params,
-    *,
-    detail: str | None = None,
-) -> None:
-    """The one way a task changes state: check each move, update, and record an event.
-
-    `rows` are (task_id, current state, attempt) read in the same transaction.
-    """
-    if not rows:
-        return
-    for task_id, current, _ in rows:
-        if (current, to) not in MOVES:
-            raise StateError(f"task {task_id}: cannot move from {current} to {to}")
-    per_row = params if callable(params) else (lambda _i, p=params: p)
-    conn.executemany(
-        f"UPDATE tasks SET state = ?, {sets} WHERE id = ? AND state = ?",
-        [(to.value, *per_row(i), i, s.value) for i, s, _ in rows],
-    )
-    conn.executemany(
-        "INSERT INTO task_events (task_id, at, from_state, to_state, attempt, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [(i, now, s.value, to.value, a, detail) for i, s, a in rows],
-    )
-
-
-def _note(
-    conn: sqlite3.Connection, task_id: int, state: TaskState, now: float, detail: str
-) -> None:
-    """An event that is not a move (a cancel request), in the same log."""
-    conn.execute(
-        "INSERT INTO task_events (task_id, at, from_state, to_state, attempt, detail)"
-        " SELECT id, ?, state, state, attempt, ? FROM tasks WHERE id = ?",
-        (now, detail, task_id),
-    )
-    del state
-
-
 def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...], key: str | None) -> int:
     if key is not None:
         found = conn.execute("SELECT id FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
@@ -519,32 +464,4 @@ def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...], key: str | None)
     return cur.lastrowid
 
 
-def _current(
-    conn: sqlite3.Connection, tokens: Mapping[int, int], owner: str | None = None
-) -> dict[int, tuple[int, bool]]:
-    """Of the (task_id -> token) given, those running with that token (and that owner).
-
-    Returns task_id -> (attempt, cancel requested).
-    """
-    found: dict[int, tuple[int, bool]] = {}
-    ids = list(tokens)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = conn.execute(
-            "SELECT id, lease_token, attempt, cancel_requested, lease_owner FROM tasks"
-            f" WHERE state = 'running' AND id IN ({','.join('?' * len(chunk))})",
-            chunk,
-        ).fetchall()
-        found.update(
-            (i, (a, bool(c))) for i, t, a, c, o in rows if tokens[i] == t and owner in (None, o)
-        )
-    return found
-
-
-def labels_match(task_labels: str | None, runner_labels: str) -> bool:
-    """SQL function: every label the task asks for is among the runner's labels."""
-    if not task_labels:
-        return True
-    wanted: dict[str, str] = json.loads(task_labels)
-    have: dict[str, str] = json.loads(runner_labels)
-    return all(have.get(k) == v for k, v in wanted.items())
+__all__ = ["KINDS", "MOVES", "TERMINAL", "Beat", "Claim", "TaskQueue", "TaskSpec", "TaskState"]

@@ -1,0 +1,146 @@
+"""CLI fixtures: a hermetic environment, a data dir, and the CLI run in process or as a process.
+
+Every run is isolated from the user's state: the data dir lives in `tmp_path`, XDG_CONFIG_HOME,
+XDG_DATA_HOME and HOME point into `tmp_path`, no BITINGLIP_* variable leaks in, and the working
+directory is `tmp_path` (so the repository's ./profiles folder is never picked up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from bitinglip.cli import app
+
+BIN = Path(sys.executable).parent
+CONSOLE_SCRIPT = BIN / "bitinglip"
+# The console script when the venv has one, else `python -m bitinglip`.
+COMMAND: list[str] = (
+    [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "bitinglip"]
+)
+
+
+def hermetic_env(root: Path) -> dict[str, str]:
+    """os.environ without BITINGLIP_*, with HOME and the XDG folders under `root`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")}
+    env.update(
+        HOME=str(root / "home"),
+        XDG_CONFIG_HOME=str(root / "xdg-config"),
+        XDG_DATA_HOME=str(root / "xdg-data"),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class Cli:
+    """The Typer app through CliRunner, with `--data-dir` set (unless `data_dir=False`)."""
+
+    runner: CliRunner
+    data_dir: Path
+    cwd: Path
+
+    def __call__(self, *args: str | Path, data_dir: bool = True, stdin: str | None = None) -> Result:
+        argv = [str(a) for a in args]
+        if data_dir:
+            argv = ["--data-dir", str(self.data_dir), *argv]
+        return self.runner.invoke(app, argv, input=stdin, catch_exceptions=False)
+
+    def ok(self, *args: str | Path) -> Result:
+        result = self(*args)
+        assert result.exit_code == 0, (args, result.stdout, result.stderr)
+        return result
+
+    def json(self, *args: str | Path) -> Any:
+        return json.loads(self.ok(*args, "--json").stdout)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = self.json("status")["tasks"]
+        return counts
+
+
+@dataclass
+class Proc:
+    """The CLI as a real subprocess (the console script), cwd and env hermetic."""
+
+    data_dir: Path
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, args: Sequence[str | Path], data_dir: bool = True) -> list[str]:
+        head = [*COMMAND, "--data-dir", str(self.data_dir)] if data_dir else [*COMMAND]
+        return [*head, *(str(a) for a in args)]
+
+    def __call__(
+        self, *args: str | Path, data_dir: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(args, data_dir),
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        done = self(*args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        return done
+
+    def json(self, *args: str | Path) -> Any:
+        return json.loads(self.ok(*args, "--json").stdout)
+
+    def popen(self, *args: str | Path, stderr_to: Path) -> subprocess.Popen[bytes]:
+        with stderr_to.open("wb") as sink:
+            return subprocess.Popen(
+                self.argv(args),
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    for key, value in hermetic_env(tmp_path).items():
+        if key != "PYTHONDONTWRITEBYTECODE":
+            monkeypatch.setenv(key, value)
+    for key in [k for k in os.environ if k.startswith("BITINGLIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return Cli(CliRunner(), data_dir, tmp_path)
+
+
+@pytest.fixture
+def proc(tmp_path: Path, data_dir: Path) -> Proc:
+    return Proc(data_dir, tmp_path, hermetic_env(tmp_path))
+
+
+def write_jsonl(path: Path, *lines: object) -> Path:
+    """One line per item: a str as is, anything else as JSON."""
+    text = "".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines)
+    path.write_text(text, encoding="utf-8")
+    return path
