@@ -53,7 +53,9 @@ class Cli:
     data_dir: Path
     cwd: Path
 
-    def __call__(self, *args: str | Path, data_dir: bool = True, stdin: str | None = None) -> Result:
+    def __call__(
+        self, *args: str | Path, data_dir: bool = True, stdin: str | None = None
+    ) -> Result:
         argv = [str(a) for a in args]
         if data_dir:
             argv = ["--data-dir", str(self.data_dir), *argv]

@@ -1,0 +1,204 @@
+"""The child processes of the chaos tests: `python roles.py ROLE ARGS...`.
+
+Each role talks to the parent through stdout lines written only after the work they describe is
+committed (flushed at once, so a kill -9 loses nothing the parent could have read). A role that
+hits an unexpected error dies with a traceback on stderr and a non-zero exit, which the parent
+reports.
+
+- feeder:    submits echo tasks in small transactions through the ControlPlane (which rings the
+             controller's doorbell); idempotency keys make a restarted feeder resume, not repeat.
+- runner:    a fake runner for host "b": claims a few tasks, heartbeats them, completes each after
+             a random hold; it is the one holding leases when it is killed.
+- committer: commits small transactions as fast as it can and acks each id after COMMIT.
+- claimer:   one of several processes racing claim(limit=1) + complete on one database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from bitinglip.config import QueueConfig, load_profile
+from bitinglip.control.db import open_store
+from bitinglip.control.plane import open_control_plane
+from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.errors import BitinglipError, StaleLeaseError
+
+# The crash test's workload: every tenth task is pinned to host "b", which only the runner serves.
+PINNED_EVERY = 10
+RUNNER_HOST = "b"
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def crash_spec(index: int) -> TaskSpec:
+    host = RUNNER_HOST if index % PINNED_EVERY == 0 else None
+    return TaskSpec("echo", {"n": index}, host=host, idempotency_key=f"crash-{index}")
+
+
+def feeder(profile_path: str, data_dir: str, total: int, chunk: int, pause_s: float) -> None:
+    """Submit tasks 0..total-1 in transactions of `chunk`; ack `ack INDEX ID` after each commit."""
+    profile = load_profile(profile_path, data_dir=data_dir)
+    with open_control_plane(profile) as plane:
+        say("ready")
+        for start in range(0, total, chunk):
+            indexes = range(start, min(start + chunk, total))
+            ids = plane.submit_many([crash_spec(i) for i in indexes])
+            for index, task_id in zip(indexes, ids, strict=True):
+                say(f"ack {index} {task_id}")
+            time.sleep(pause_s)
+    say("done")
+
+
+def runner(profile_path: str, data_dir: str, seed: int) -> None:
+    """Serve host "b" forever: claim 1-3 tasks at a time, hold up to 6, heartbeat every 0.2 s."""
+    profile = load_profile(profile_path, data_dir=data_dir)
+    store = open_store(profile.db_path, profile.durability)
+    queue = TaskQueue(store, profile.queue)
+    owner = f"fake-runner:{os.getpid()}"
+    rng = random.Random(seed)
+    held: dict[int, tuple[int, object, float]] = {}  # task id -> (token, payload, complete at)
+    next_beat = 0.0
+    say(f"ready {owner}")
+    while True:
+        now = time.monotonic()
+        if len(held) < 6:
+            claims = queue.claim(owner, limit=rng.randint(1, 3), kinds=("echo",), host=RUNNER_HOST)
+            for c in claims:
+                held[c.task_id] = (c.token, c.payload, now + rng.uniform(0.05, 0.4))
+                say(f"claimed {c.task_id} {c.token}")
+        due = [(i, token, payload) for i, (token, payload, at) in held.items() if at <= now]
+        if due:
+            stale = set(queue.complete_many(due))
+            for task_id, _, _ in due:
+                del held[task_id]
+                say(f"{'stale' if task_id in stale else 'completed'} {task_id}")
+        if held and now >= next_beat:
+            beat = queue.heartbeat(owner, {i: token for i, (token, _, _) in held.items()})
+            for task_id in beat.lost:
+                del held[task_id]
+                say(f"lost {task_id}")
+            next_beat = now + 0.2
+        time.sleep(0.01)
+
+
+def committer(db_path: str, durability: str) -> None:
+    """Commit forever: one task, three tasks, or a raw jobs row through Store.write(), in turn.
+
+    Prints `task ID TAG` / `job ID TAG` only after the COMMIT returned.
+    """
+    store = open_store(Path(db_path), durability)
+    queue = TaskQueue(store, QueueConfig())
+    pid = os.getpid()
+    say("ready")
+    n = 0
+    while True:
+        n += 1
+        if n % 3 == 0:
+            tag = f"{pid}-{n}"
+            with store.write() as conn:
+                cur = conn.execute(
+                    "INSERT INTO jobs (name, format, total, created_at)"
+                    " VALUES (?, 'bitinglip', 0, ?)",
+                    (tag, time.time()),
+                )
+            say(f"job {cur.lastrowid} {tag}")
+        elif n % 3 == 1:
+            tag = f"{pid}-{n}"
+            say(f"task {queue.submit(TaskSpec('echo', {'tag': tag}))} {tag}")
+        else:
+            tags = [f"{pid}-{n}.{k}" for k in range(3)]
+            ids = queue.submit_many([TaskSpec("echo", {"tag": t}) for t in tags])
+            for task_id, tag in zip(ids, tags, strict=True):
+                say(f"task {task_id} {tag}")
+
+
+def claimer(db_path: str, durability: str, owner: str, count: int) -> None:
+    """After `go` on stdin, do `count` claim(limit=1) + complete pairs; print a JSON summary.
+
+    Errors that reach this caller (a locked database, a stale lease) are counted, not raised, so
+    that the parent sees all of them.
+    """
+    store = open_store(Path(db_path), durability)
+    queue = TaskQueue(store, QueueConfig(lease_ttl_s=120.0))
+    say("ready")
+    sys.stdin.readline()
+    started = time.monotonic()
+    completed: list[int] = []
+    errors: list[str] = []
+    empty = stale = 0
+    for _ in range(count + 50):
+        if len(completed) == count:
+            break
+        try:
+            claims = queue.claim(owner, limit=1, kinds=("echo",))
+        except (sqlite3.Error, BitinglipError) as exc:
+            errors.append(f"claim: {type(exc).__name__}: {exc}")
+            continue
+        if not claims:
+            empty += 1
+            continue
+        claim = claims[0]
+        try:
+            queue.complete(claim.task_id, claim.token, claim.payload)
+        except StaleLeaseError:
+            stale += 1
+            continue
+        except (sqlite3.Error, BitinglipError) as exc:
+            errors.append(f"complete {claim.task_id}: {type(exc).__name__}: {exc}")
+            continue
+        completed.append(claim.task_id)
+    summary = {
+        "owner": owner,
+        "completed": completed,
+        "errors": errors,
+        "empty_claims": empty,
+        "stale": stale,
+        "seconds": time.monotonic() - started,
+    }
+    say(json.dumps(summary))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="roles.py")
+    sub = parser.add_subparsers(dest="role", required=True)
+    p = sub.add_parser("feeder")
+    p.add_argument("profile")
+    p.add_argument("data_dir")
+    p.add_argument("--total", type=int, default=1000)
+    p.add_argument("--chunk", type=int, default=10)
+    p.add_argument("--pause", type=float, default=0.004)
+    p = sub.add_parser("runner")
+    p.add_argument("profile")
+    p.add_argument("data_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("committer")
+    p.add_argument("db")
+    p.add_argument("durability")
+    p = sub.add_parser("claimer")
+    p.add_argument("db")
+    p.add_argument("durability")
+    p.add_argument("owner")
+    p.add_argument("--count", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if args.role == "feeder":
+        feeder(args.profile, args.data_dir, args.total, args.chunk, args.pause)
+    elif args.role == "runner":
+        runner(args.profile, args.data_dir, args.seed)
+    elif args.role == "committer":
+        committer(args.db, args.durability)
+    else:
+        claimer(args.db, args.durability, args.owner, args.count)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
