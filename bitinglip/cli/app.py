@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -86,12 +85,7 @@ def up(ctx: typer.Context) -> None:
         )
 
     note(f"bitinglip: up, profile {profile.name}, waiting for the controller lease")
-    runner = threading.Thread(
-        target=loop.run, kwargs={"on_state": on_state}, name="bitinglip-control"
-    )
-    runner.start()
-    while runner.is_alive():
-        runner.join(0.2)  # the main thread stays free to take signals
+    loop.run(on_state=on_state)  # in the main thread: signals interrupt its waits
     note("bitinglip: stopped")
 
 

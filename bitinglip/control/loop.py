@@ -47,8 +47,15 @@ class ControlLoop:
         return self._stop.is_set()
 
     def run(self, on_state: Callable[[str], None] | None = None) -> None:
-        """Become the controller (waiting as an observer while another holds it), then serve."""
-        store = open_store(self.profile.db_path, self.profile.durability)
+        """Become the controller (waiting as an observer while another holds it), then serve.
+
+        Returns after `stop()`; the controller lease is released on the way out.
+        """
+        try:
+            store = open_store(self.profile.db_path, self.profile.durability)
+        except BaseException:
+            self.doorbell.close()
+            raise
         queue = TaskQueue(store, self.profile.queue)
         try:
             self._serve(store, queue, on_state or (lambda _s: None))
@@ -62,7 +69,7 @@ class ControlLoop:
         lease_s = self.profile.controller_lease_s
         reaper_s = self.profile.queue.reaper_interval_s
         renew_at = reap_at = checkpoint_at = 0.0
-        version = -1
+        written = (-1, -1)
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= renew_at:
@@ -75,10 +82,11 @@ class ControlLoop:
                 queue.reap()
                 reap_at = now + reaper_s
             if store.durability == "normal" and now >= checkpoint_at:
-                current = store.data_version()
-                if current != version:
+                # data_version moves on other connections' commits, total_changes on ours.
+                now_written = (store.data_version(), store.conn.total_changes)
+                if now_written != written:
                     store.checkpoint()
-                    version = current
+                    written = now_written
                 checkpoint_at = now + CHECKPOINT_EVERY_S
             if self._run_echo(queue):
                 continue

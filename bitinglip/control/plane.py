@@ -20,7 +20,7 @@ from bitinglip.control.db import Store, open_store
 from bitinglip.control.loop import ControlLoop
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
-from bitinglip.errors import BitinglipError, InputError
+from bitinglip.errors import InputError
 
 # Kinds the control plane can run today, and where.
 RUNNABLE_KINDS = frozenset({"echo"})
@@ -166,14 +166,16 @@ class ControlPlane:
         def run() -> None:
             try:
                 loop.run()
-            except BitinglipError as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
                 errors.append(exc)
-                loop.is_controller.set()  # release the waiter below
+                loop.is_controller.set()
 
         thread = threading.Thread(target=run, name="bitinglip-control", daemon=True)
         thread.start()
-        loop.is_controller.wait()
+        # Usually at once; if another process became controller meanwhile, it does the work.
+        loop.is_controller.wait(self.profile.controller_lease_s * 3)
         if errors:
+            thread.join()
             raise errors[0]
         self.loop = loop
         try:
