@@ -7,6 +7,7 @@ message on stderr and exit code 1 (runtime) or 2 (usage or configuration).
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
+from typer._click.exceptions import UsageError  # typer vendors click
 from typer.core import TyperGroup
 
 from bitinglip.config import Profile, load_profile
@@ -22,13 +24,31 @@ from bitinglip.errors import BitinglipError
 
 
 class ErrorsToExit(TyperGroup):
-    """The root group: turns any BitinglipError below it into one line and an exit code."""
+    """The root group: turns errors below it into one line on stderr and an exit code.
+
+    BitinglipError: its own code. A usage error of a sub-command: 2. A database that SQLite
+    finds damaged past its header: 1, with what to do.
+    """
 
     def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
         try:
             return super().invoke(ctx)
         except BitinglipError as exc:
             fail(str(exc), exc.exit_code)
+        except UsageError as exc:
+            path = exc.ctx.command_path.split()[1:] if exc.ctx is not None else []
+            where = " ".join(["bitinglip", *path])
+            message = one_line(exc.format_message()).rstrip(".")
+            fail(f"{where}: {message}; see `{where} --help`", 2)
+        except sqlite3.DatabaseError as exc:
+            fail(
+                f"the state database is damaged ({exc}); restore it from a backup "
+                "(`bitinglip db backup` makes them) or point --data-dir elsewhere"
+            )
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 @dataclass

@@ -90,8 +90,9 @@ class Store:
             finally:
                 target.close()
             os.replace(tmp, dest)
-        except OSError as exc:
-            raise StoreError(f"backup: cannot write {dest}: {exc.strerror}") from None
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StoreError(f"backup: cannot write {dest}: {reason}") from None
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()
@@ -172,16 +173,24 @@ def open_store(path: Path, durability: str = "normal", *, create: bool = True) -
             raise StoreError(f"no state database at {path}; run a command that creates it first")
         _create(path, durability)
     check_file(path)
+    conn = connect(path, durability)
     try:
-        conn = connect(path, durability)
         _migrate(conn)
     except sqlite3.DatabaseError as exc:
+        conn.close()
         raise StoreError(f"{path}: the state database cannot be used: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
     return Store(path, conn, durability)
 
 
 def _create(path: Path, durability: str) -> None:
     """Build a fresh database beside `path`, then move it into place: never a half-made file."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise StoreError(
+            f"the data dir {path.parent} is a file, not a folder; point --data-dir elsewhere"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

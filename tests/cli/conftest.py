@@ -53,13 +53,11 @@ class Cli:
     data_dir: Path
     cwd: Path
 
-    def __call__(
-        self, *args: str | Path, data_dir: bool = True, stdin: str | None = None
-    ) -> Result:
+    def __call__(self, *args: str | Path, data_dir: bool = True) -> Result:
         argv = [str(a) for a in args]
         if data_dir:
             argv = ["--data-dir", str(self.data_dir), *argv]
-        return self.runner.invoke(app, argv, input=stdin, catch_exceptions=False)
+        return self.runner.invoke(app, argv, catch_exceptions=False)
 
     def ok(self, *args: str | Path) -> Result:
         result = self(*args)

@@ -450,8 +450,10 @@ def test_export_native_after_the_controller_ran_the_job(cli: Cli, tmp_path: Path
     assert len(lines) == 3
     out = [json.loads(line) for line in lines]
     assert [(o["id"], o["line"], o["kind"], o["state"]) for o in out] == [
-        ("a", 1, "echo", "succeeded"), ("7", 2, "generate", "queued"), (None, 4, "echo", "succeeded"),
-    ]  # fmt: skip
+        ("a", 1, "echo", "succeeded"),
+        ("7", 2, "generate", "queued"),
+        (None, 4, "echo", "succeeded"),
+    ]
     assert [o["result"] for o in out] == [{"n": 1}, None, {"n": 3}]
     assert [o["task_id"] for o in out] == [tasks[1]["id"], tasks[2]["id"], tasks[4]["id"]]
     assert all(o["error"] is None for o in out)

@@ -238,11 +238,6 @@ def test_db_backup_refuses_a_directory(proc: Proc, tmp_path: Path) -> None:
     assert len(lines) == 1 and "is a directory" in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Store.backup lets sqlite3.OperationalError escape when the target's "
-    "folder does not exist (traceback instead of one line)",
-)
 def test_db_backup_into_a_missing_folder_is_one_line(proc: Proc, tmp_path: Path) -> None:
     proc.ok("status")
     done = proc("db", "backup", tmp_path / "no-such-folder" / "copy.db")
