@@ -91,6 +91,7 @@ durability = "normal"
 
 [controller]
 lease_s = 5.0
+shutdown_grace_s = 10.0
 
 [queue]
 lease_ttl_s = 30.0
@@ -168,6 +169,7 @@ class Profile:
     queue: QueueConfig
     hosts: tuple[HostConfig, ...]
     models: Mapping[str, ModelAlias]
+    shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
@@ -185,7 +187,10 @@ class Profile:
             "data_dir": str(self.data_dir),
             "db_path": str(self.db_path),
             "durability": self.durability,
-            "controller": {"lease_s": self.controller_lease_s},
+            "controller": {
+                "lease_s": self.controller_lease_s,
+                "shutdown_grace_s": self.shutdown_grace_s,
+            },
             "queue": asdict(self.queue),
             "hosts": [host.to_dict() for host in self.hosts],
             "models": {
@@ -252,12 +257,14 @@ def parse_profile(
         (environ.get(ENV_DATA_DIR), base),
         (top.opt_str("data_dir"), folder),
     )
+    controller = top.table("controller", ["lease_s", "shutdown_grace_s"])
     return Profile(
         name=profile_name,
         path=path,
         data_dir=_data_dir(data_dirs, environ, profile_name),
         durability=_env_durability(environ) or durability or "normal",
-        controller_lease_s=top.table("controller", ["lease_s"]).number("lease_s", 5.0, 0.0),
+        controller_lease_s=controller.number("lease_s", 5.0, 0.0),
+        shutdown_grace_s=controller.number("shutdown_grace_s", 10.0, 0.0, inclusive=True),
         queue=_queue(top.table("queue", _QUEUE_KEYS)),
         hosts=_hosts(top.tables("hosts", _HOST_KEYS), folder, environ),
         models=_models(top.table("models")),

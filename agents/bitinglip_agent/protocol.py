@@ -5,7 +5,7 @@ is expected, `id`. This is the one module of the agent that the control plane im
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import IO, Any
 
 PROTOCOL_VERSION = 1
 
@@ -54,3 +54,37 @@ def decode(line: bytes, accepted: frozenset[str]) -> dict[str, Any]:
     if msg.get("type") not in accepted:
         raise ProtocolError("unknown_type", f"unknown message type {msg.get('type')!r}", msg_id)
     return msg
+
+
+# Error codes an agent reports. Retryable ones are infrastructure failures: the queue retries
+# them; the others are the task's own fault.
+RETRYABLE = frozenset({"runner_crashed", "agent_stopping", "overloaded"})
+CODES = RETRYABLE | frozenset(
+    {
+        "malformed",
+        "version_mismatch",
+        "unknown_type",
+        "line_too_long",
+        "bad_request",
+        "invalid_gguf",
+        "unsupported",
+        "canceled",
+        "inference_failed",
+        "missing_capability",
+    }
+)
+
+
+def read_line(stream: IO[bytes]) -> bytes | None:
+    """The next line of `stream` (None at EOF). A line longer than MAX_LINE_BYTES is consumed
+    whole and returned as its first MAX_LINE_BYTES + 1 bytes (no newline), for decode to refuse.
+    """
+    line = stream.readline(MAX_LINE_BYTES + 1)
+    if not line:
+        return None
+    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+        while True:  # skip the rest of the oversized line
+            rest = stream.readline(1 << 20)
+            if not rest or rest.endswith(b"\n"):
+                break
+    return line

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import age, emit_json, fail, note, parse_labels, plane_of, table
-from bitinglip.control.plane import ControlPlane, runnable
+from bitinglip.control.models import ensure_local
+from bitinglip.control.plane import ControlPlane
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import KINDS, TaskSpec, TaskState
 
@@ -70,13 +71,12 @@ def submit(
         retry_on_error=retry_on_error,
     )
     spec.validate()
-    if wait and not runnable(kind):
-        fail(
-            f"--wait: nothing in this release runs {kind} tasks yet (only "
-            "echo); submit without --wait to queue it for the agents",
-            1,
-        )
     with plane_of(ctx) as plane:
+        reason = plane.cannot_run(kind) if wait else None
+        if reason is not None:
+            fail(f"--wait: {reason}; submit without --wait to queue it")
+        if spec.model is not None:
+            ensure_local(plane.profile, spec.model, progress=lambda s: note(f"bitinglip: {s}"))
         if not wait:
             task_id = plane.submit(spec)
             emit_json({"id": task_id}) if as_json else typer.echo(task_id)

@@ -1,8 +1,11 @@
 """The controller's loop: holds the controller lease, runs the reaper, checkpoints the WAL, and
-executes the built-in `echo` task kind in process.
+dispatches work: to the local agent when the profile has a local host, else (`echo` only) in
+process.
 
-It sleeps on its doorbell until new work is committed, a retry comes due, a lease needs renewing
-or the reaper is due; it never polls the queue in a tight loop.
+It sleeps on its doorbell until new work is committed, an agent says something, a retry comes
+due, a lease needs renewing or the reaper is due; it never polls the queue in a tight loop.
+On `stop()` it stops taking work, gives running tasks `shutdown_grace_s` to finish, and releases
+what is left back to the queue without an attempt penalty.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from bitinglip.config import Profile
 from bitinglip.control import controller
 from bitinglip.control.db import Store, open_store
 from bitinglip.control.doorbell import Doorbell
+from bitinglip.control.scheduler import Dispatcher
 from bitinglip.control.tasks import TaskQueue
 
 log = logging.getLogger(__name__)
@@ -25,18 +29,18 @@ CHECKPOINT_EVERY_S = 1.0
 
 
 class ControlLoop:
-    """Run with `run()` in one thread; `stop()` from any thread."""
+    """Run with `run()` in one thread; `stop()` from any thread (or a signal handler)."""
 
     def __init__(self, profile: Profile, owner: str | None = None) -> None:
         self.profile = profile
         self.owner = owner or controller.new_owner_id()
         self.doorbell = Doorbell(profile.db_path)
-        self.finished = threading.Condition()  # notified after results are committed
+        self.finished = threading.Condition()  # notified after results or output are committed
         self.is_controller = threading.Event()
         self._stop = threading.Event()
-        local = next((h for h in profile.hosts if h.kind == "local"), None)
-        self.host = local.name if local else None
-        self.labels = dict(local.labels) if local else {}
+        self.dispatcher: Dispatcher | None = None
+        if any(h.kind == "local" for h in profile.hosts):
+            self.dispatcher = Dispatcher(profile, self.owner, self.doorbell.ring)
 
     def stop(self) -> None:
         self._stop.set()
@@ -59,7 +63,11 @@ class ControlLoop:
         queue = TaskQueue(store, self.profile.queue)
         try:
             self._serve(store, queue, on_state or (lambda _s: None))
+            if self.is_controller.is_set():
+                self._drain(store, queue)
         finally:
+            if self.dispatcher is not None:
+                self.dispatcher.release_all(queue, "released: the controller stopped")
             if self.is_controller.is_set():
                 controller.release(store, self.owner)
             self.doorbell.close()
@@ -73,7 +81,7 @@ class ControlLoop:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= renew_at:
-                self._hold_lease(store, lease_s, on_state)
+                self._hold_lease(store, queue, lease_s, on_state)
                 renew_at = now + lease_s / 3
             if not self.is_controller.is_set():
                 self._stop.wait(min(lease_s / 3, 0.5))
@@ -88,15 +96,54 @@ class ControlLoop:
                     store.checkpoint()
                     written = now_written
                 checkpoint_at = now + CHECKPOINT_EVERY_S
-            if self._run_echo(queue):
+            if self._work(queue):
                 continue
-            wake = min(renew_at, reap_at) - time.monotonic()
-            due = queue.next_due(("echo",))
-            if due is not None:
-                wake = min(wake, due - time.time())
-            self.doorbell.wait(max(wake, 0.0005))
+            self._sleep(queue, min(renew_at, reap_at))
 
-    def _hold_lease(self, store: Store, lease_s: float, on_state: Callable[[str], None]) -> None:
+    def _work(self, queue: TaskQueue) -> bool:
+        if self.dispatcher is None:
+            return self._run_echo(queue) > 0
+        busy = self.dispatcher.step(queue)
+        if busy:
+            self._notify()
+        return busy
+
+    def _sleep(self, queue: TaskQueue, timer_at: float) -> None:
+        wake = timer_at - time.monotonic()
+        kinds = ("echo",) if self.dispatcher is None else ("echo", "generate", "chat", "embed")
+        due = queue.next_due(kinds)
+        if due is not None:
+            wake = min(wake, due - time.time())
+        if self.dispatcher is not None:
+            wake = min(wake, self.dispatcher.next_wake())
+        self.doorbell.wait(max(wake, 0.0005))
+
+    def _drain(self, store: Store, queue: TaskQueue) -> None:
+        """After stop: no new claims; running tasks get the grace period to finish."""
+        dispatcher = self.dispatcher
+        if dispatcher is None or not dispatcher.inflight:
+            return
+        dispatcher.accepting = False
+        deadline = time.monotonic() + self.profile.shutdown_grace_s
+        log.info(
+            "waiting up to %.0fs for %d running tasks",
+            self.profile.shutdown_grace_s,
+            dispatcher.inflight,
+        )
+        while dispatcher.inflight and time.monotonic() < deadline:
+            if dispatcher.step(queue):
+                self._notify()
+            else:
+                self.doorbell.wait(min(deadline - time.monotonic(), dispatcher.next_wake()))
+        del store
+
+    def _notify(self) -> None:
+        with self.finished:
+            self.finished.notify_all()
+
+    def _hold_lease(
+        self, store: Store, queue: TaskQueue, lease_s: float, on_state: Callable[[str], None]
+    ) -> None:
         held = controller.try_acquire(store, self.owner, lease_s, self.doorbell.name)
         if held and not self.is_controller.is_set():
             self.is_controller.set()
@@ -104,16 +151,15 @@ class ControlLoop:
         elif not held and self.is_controller.is_set():
             self.is_controller.clear()
             log.warning("lost the controller lease; observing")
+            if self.dispatcher is not None:
+                self.dispatcher.release_all(queue, "released: the controller lost its lease")
             on_state("observer")
 
     def _run_echo(self, queue: TaskQueue) -> int:
-        """Echo: the result is the payload. Claims and completes a batch in two commits."""
-        claims = queue.claim(
-            self.owner, limit=ECHO_BATCH, kinds=("echo",), host=self.host, labels=self.labels
-        )
+        """Echo in process: the result is the payload. A batch in two commits."""
+        claims = queue.claim(self.owner, limit=ECHO_BATCH, kinds=("echo",))
         if not claims:
             return 0
         queue.complete_many([(c.task_id, c.token, c.payload) for c in claims])
-        with self.finished:
-            self.finished.notify_all()
+        self._notify()
         return len(claims)

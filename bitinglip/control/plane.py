@@ -7,6 +7,7 @@ open it: they read, submit and cancel. One of them at a time runs the control lo
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -15,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import Profile
-from bitinglip.control import controller, doorbell, jobs, task_views
+from bitinglip.control import controller, doorbell, jobs, models, task_views
 from bitinglip.control.db import Store, open_store
 from bitinglip.control.loop import ControlLoop
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
 from bitinglip.errors import InputError
 
-# Kinds the control plane can run today, and where.
-RUNNABLE_KINDS = frozenset({"echo"})
+MODEL_KINDS = ("generate", "chat", "embed")
 
 
 class ControlPlane:
@@ -77,6 +77,11 @@ class ControlPlane:
                 f"{prefix}unknown host {spec.host!r}; hosts in profile {self.profile.name}: "
                 f"{', '.join(names) or '(none)'}"
             )
+        if spec.model is not None:
+            try:
+                models.check_name(self.profile, spec.model)
+            except InputError as exc:
+                raise InputError(f"{prefix}{exc}") from None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -116,6 +121,44 @@ class ControlPlane:
             "tasks": task_views.counts(self.store),
             "hosts": [h.name for h in self.profile.hosts],
         }
+
+    def cannot_run(self, kind: str) -> str | None:
+        """Why no host of this profile can run `kind` tasks (None when one can)."""
+        local = [h.name for h in self.profile.hosts if h.kind == "local"]
+        if kind == "echo":
+            return None
+        if kind not in MODEL_KINDS:
+            return f"nothing in this release runs {kind} tasks yet"
+        if not local:
+            where = f"profile {self.profile.name}"
+            return f"no host in {where} can run {kind} tasks yet (SSH hosts come later)"
+        if importlib.util.find_spec("llama_cpp") is None:
+            return (
+                f"{kind} tasks need llama-cpp-python on host {local[0]}; install it with "
+                "`make runtime` (or pip install llama-cpp-python, see the README)"
+            )
+        return None
+
+    def follow(self, task_id: int, timeout: float | None = None) -> Iterator[str]:
+        """The task's output as it is stored, chunk by chunk, until it ends (or `timeout`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seq, version = 0, -1
+        while True:
+            current = self.store.data_version()
+            if current != version:
+                version = current
+                rows = self.store.conn.execute(
+                    "SELECT seq, data FROM task_output WHERE task_id = ? AND seq > ? ORDER BY seq",
+                    (task_id, seq),
+                ).fetchall()
+                for row_seq, data in rows:
+                    seq = row_seq
+                    yield data
+                if self.task(task_id).state in TERMINAL:
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            self._sleep_until_change(0.002)
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Block until the task is in a terminal state (or `timeout` passes); return it."""
@@ -189,7 +232,3 @@ class ControlPlane:
 def open_control_plane(profile: Profile) -> ControlPlane:
     """Open the profile's state database (creating it on first use)."""
     return ControlPlane(profile, open_store(profile.db_path, profile.durability))
-
-
-def runnable(kind: str) -> bool:
-    return kind in RUNNABLE_KINDS

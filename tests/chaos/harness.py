@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -75,12 +76,14 @@ class Child:
         with self.changed:
             while not found(self):
                 if self.proc.poll() is not None and not any(r.is_alive() for r in self.readers):
-                    raise AssertionError(f"{self.name} exited ({self.proc.returncode}) early\n"
-                                         + self.describe())
+                    raise AssertionError(
+                        f"{self.name} exited ({self.proc.returncode}) early\n" + self.describe()
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{self.name}: timed out after {timeout}s\n"
-                                         + self.describe())
+                    raise AssertionError(
+                        f"{self.name}: timed out after {timeout}s\n" + self.describe()
+                    )
                 self.changed.wait(min(left, 0.1))
 
     def has_out(self, prefix: str) -> bool:
@@ -124,8 +127,10 @@ class Child:
     def describe(self) -> str:
         with self.changed:
             out, err = self.out[-20:], self.err[-40:]
-        return f"--- {self.name} stdout (tail)\n" + "\n".join(out) + (
-            f"\n--- {self.name} stderr (tail)\n" + "\n".join(err)
+        return (
+            f"--- {self.name} stdout (tail)\n"
+            + "\n".join(out)
+            + (f"\n--- {self.name} stderr (tail)\n" + "\n".join(err))
         )
 
 
@@ -144,30 +149,45 @@ class Row:
     result: Any
     finished_at: float | None
     idempotency_key: str | None
+    host: str | None
+    ran_on: str | None
 
 
 def rows(store: Store) -> dict[int, Row]:
     with store.read() as conn:
-        found = conn.execute(
-            "SELECT id, state, attempt, lease_owner, lease_token, lease_expires_at, payload,"
-            " result, finished_at, idempotency_key FROM tasks ORDER BY id"
-        ).fetchall()
-    return {
-        r[0]: Row(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]),
-                  None if r[7] is None else json.loads(r[7]), r[8], r[9])
-        for r in found
-    }
+        return read_rows(conn)
 
 
-def events(store: Store) -> dict[int, list[tuple[str | None, str, int, str | None, float]]]:
-    """task id -> [(from_state, to_state, attempt, detail, at)] in commit order."""
-    by_task: dict[int, list[tuple[str | None, str, int, str | None, float]]] = {}
+def read_rows(conn: sqlite3.Connection) -> dict[int, Row]:
+    found = conn.execute(
+        "SELECT id, state, attempt, lease_owner, lease_token, lease_expires_at, payload,"
+        " result, finished_at, idempotency_key, host, ran_on FROM tasks ORDER BY id"
+    ).fetchall()
+    return {r[0]: _row(r) for r in found}
+
+
+def _row(r: tuple[Any, ...]) -> Row:
+    values = list(r)
+    values[6] = json.loads(values[6])  # payload
+    values[7] = None if values[7] is None else json.loads(values[7])  # result
+    return Row(*values)
+
+
+Events = dict[int, list[tuple[str | None, str, int, str | None, float]]]
+
+
+def events(store: Store) -> Events:
     with store.read() as conn:
-        for task_id, src, dst, attempt, detail, at in conn.execute(
-            "SELECT task_id, from_state, to_state, attempt, detail, at FROM task_events"
-            " ORDER BY id"
-        ):
-            by_task.setdefault(task_id, []).append((src, dst, attempt, detail, at))
+        return read_events(conn)
+
+
+def read_events(conn: sqlite3.Connection) -> Events:
+    """task id -> [(from_state, to_state, attempt, detail, at)] in commit order."""
+    by_task: Events = {}
+    for task_id, src, dst, attempt, detail, at in conn.execute(
+        "SELECT task_id, from_state, to_state, attempt, detail, at FROM task_events ORDER BY id"
+    ):
+        by_task.setdefault(task_id, []).append((src, dst, attempt, detail, at))
     return by_task
 
 
@@ -191,11 +211,13 @@ def queue_problems(store: Store, terminal_seen: Mapping[int, str]) -> list[str]:
     - every task that was seen terminal (`terminal_seen`) is still in that state;
     - each task's events form a chain from `queued` to its current state, none leaving a
       terminal state (no operator retry happens in these tests);
-    - fencing and attempts agree with the events: lease_token = claims, attempt = 1 + requeues.
+    - fencing and attempts agree with the events: lease_token = claims, attempt = 1 + requeues
+      (every requeue in these tests is a lease expiry, which costs an attempt; none is a
+      release).
     """
     problems = storage_problems(store)
-    tasks = rows(store)
-    log = events(store)
+    with store.read() as conn:  # one snapshot: other processes may still be at work
+        tasks, log = read_rows(conn), read_events(conn)
     if tasks and sorted(tasks) != list(range(1, max(tasks) + 1)):
         missing = sorted(set(range(1, max(tasks) + 1)) - set(tasks))
         problems.append(f"task ids missing: {missing[:20]} (of 1..{max(tasks)})")

@@ -11,6 +11,7 @@ reports.
              a random hold; it is the one holding leases when it is killed.
 - committer: commits small transactions as fast as it can and acks each id after COMMIT.
 - claimer:   one of several processes racing claim(limit=1) + complete on one database.
+- hog:       commits short (5 ms) write transactions back to back, like a busy writer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import random
 import sqlite3
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from bitinglip.config import QueueConfig, load_profile
@@ -30,8 +32,9 @@ from bitinglip.control.plane import open_control_plane
 from bitinglip.control.tasks import TaskQueue, TaskSpec
 from bitinglip.errors import BitinglipError, StaleLeaseError
 
-# The crash test's workload: every tenth task is pinned to host "b", which only the runner serves.
-PINNED_EVERY = 10
+# The crash test's workload: every twentieth task is pinned to host "b"; only the runner
+# serves it.
+PINNED_EVERY = 20
 RUNNER_HOST = "b"
 
 
@@ -74,7 +77,7 @@ def runner(profile_path: str, data_dir: str, seed: int) -> None:
         if len(held) < 6:
             claims = queue.claim(owner, limit=rng.randint(1, 3), kinds=("echo",), host=RUNNER_HOST)
             for c in claims:
-                held[c.task_id] = (c.token, c.payload, now + rng.uniform(0.05, 0.4))
+                held[c.task_id] = (c.token, c.payload, now + rng.uniform(0.02, 0.2))
                 say(f"claimed {c.task_id} {c.token}")
         due = [(i, token, payload) for i, (token, payload, at) in held.items() if at <= now]
         if due:
@@ -134,16 +137,20 @@ def claimer(db_path: str, durability: str, owner: str, count: int) -> None:
     sys.stdin.readline()
     started = time.monotonic()
     completed: list[int] = []
-    errors: list[str] = []
+    errors: Counter[str] = Counter()  # distinct error -> how many times
     empty = stale = 0
+    slowest = 0.0
     for _ in range(count + 50):
         if len(completed) == count:
             break
+        asked = time.monotonic()
         try:
             claims = queue.claim(owner, limit=1, kinds=("echo",))
         except (sqlite3.Error, BitinglipError) as exc:
-            errors.append(f"claim: {type(exc).__name__}: {exc}")
+            errors[f"claim: {type(exc).__name__}: {exc}"] += 1
             continue
+        finally:
+            slowest = max(slowest, time.monotonic() - asked)
         if not claims:
             empty += 1
             continue
@@ -154,18 +161,34 @@ def claimer(db_path: str, durability: str, owner: str, count: int) -> None:
             stale += 1
             continue
         except (sqlite3.Error, BitinglipError) as exc:
-            errors.append(f"complete {claim.task_id}: {type(exc).__name__}: {exc}")
+            errors[f"complete: {type(exc).__name__}: {exc}"] += 1
             continue
         completed.append(claim.task_id)
     summary = {
         "owner": owner,
         "completed": completed,
-        "errors": errors,
+        "errors": dict(errors),
         "empty_claims": empty,
         "stale": stale,
+        "slowest_claim_s": round(slowest, 3),
         "seconds": time.monotonic() - started,
     }
     say(json.dumps(summary))
+
+
+def hog(db_path: str, seconds: float) -> None:
+    """Hold the write lock in 5 ms transactions, one right after the other, for `seconds`."""
+    store = open_store(Path(db_path))
+    end = time.monotonic() + seconds
+    say("ready")
+    while time.monotonic() < end:
+        with store.write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (name, format, total, created_at)"
+                " VALUES ('hog', 'bitinglip', 0, ?)",
+                (time.time(),),
+            )
+            time.sleep(0.005)
 
 
 def main(argv: list[str]) -> None:
@@ -189,6 +212,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("durability")
     p.add_argument("owner")
     p.add_argument("--count", type=int, default=1000)
+    p = sub.add_parser("hog")
+    p.add_argument("db")
+    p.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
     if args.role == "feeder":
         feeder(args.profile, args.data_dir, args.total, args.chunk, args.pause)
@@ -196,8 +222,10 @@ def main(argv: list[str]) -> None:
         runner(args.profile, args.data_dir, args.seed)
     elif args.role == "committer":
         committer(args.db, args.durability)
-    else:
+    elif args.role == "claimer":
         claimer(args.db, args.durability, args.owner, args.count)
+    else:
+        hog(args.db, args.seconds)
 
 
 if __name__ == "__main__":

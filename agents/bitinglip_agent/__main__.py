@@ -1,0 +1,32 @@
+"""`python -m bitinglip_agent`: the agent, speaking the protocol on stdin/stdout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bitinglip_agent.server import Agent, AgentOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bitinglip_agent", description=__doc__)
+    parser.add_argument("--host-name", default=None, help="the name the control plane knows")
+    parser.add_argument("--model-dir", default=None, help="where models live on this host")
+    parser.add_argument("--telemetry-interval", type=float, default=1.0, help="seconds; 0 = off")
+    parser.add_argument("--idle-unload-s", type=float, default=300.0, help="unload idle models")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads; 0 = auto")
+    parser.add_argument("--gpu-layers", type=int, default=-1, help="layers on GPU; -1 = all")
+    args = parser.parse_args(argv)
+    options = AgentOptions(
+        host_name=args.host_name,
+        model_dir=args.model_dir,
+        telemetry_interval=args.telemetry_interval,
+        idle_unload_s=args.idle_unload_s,
+        threads=args.threads,
+        gpu_layers=args.gpu_layers,
+    )
+    return Agent(sys.stdin.buffer, sys.stdout.buffer, options).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

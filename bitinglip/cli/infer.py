@@ -1,0 +1,101 @@
+"""`bitinglip run` and `bitinglip chat`: a model's answer streamed to the terminal.
+
+Both go through the queue like any task (so they show in `tasks ls` and are retried like any
+task); with no controller running they embed one for the duration.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from bitinglip.cli.common import fail, note, plane_of
+from bitinglip.control.models import ensure_local
+from bitinglip.control.plane import ControlPlane
+from bitinglip.control.tasks import TaskSpec, TaskState
+
+MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic).")]
+Seed = Annotated[int | None, typer.Option(help="Sampling seed, for repeatable output.")]
+
+
+def _params(max_tokens: int, temperature: float, seed: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if seed is not None:
+        params["seed"] = seed
+    return params
+
+
+def _stream(plane: ControlPlane, spec: TaskSpec) -> str:
+    """Submit, print the output as it arrives, and return the full text (exit 1 on failure).
+    Ctrl-C cancels the task."""
+    task_id = plane.submit(spec)
+    try:
+        for chunk in plane.follow(task_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        plane.cancel([task_id])
+        plane.wait(task_id, timeout=5)
+        sys.stdout.write("\n")
+        fail(f"task {task_id} canceled", 130)
+    task = plane.wait(task_id)
+    sys.stdout.write("\n")
+    if task.state != TaskState.SUCCEEDED:
+        fail(f"task {task.id} {task.state}: {task.error or 'no error recorded'}")
+    result = task.result if isinstance(task.result, dict) else {}
+    return str(result.get("text", ""))
+
+
+def _prepare(plane: ControlPlane, model: str, kind: str) -> None:
+    reason = plane.cannot_run(kind)
+    if reason is not None:
+        fail(reason)
+    ensure_local(plane.profile, model, progress=lambda s: note(f"bitinglip: {s}"))
+
+
+def run(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model alias from the profile, or a .gguf path.")],
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    max_tokens: MaxTokens = 256,
+    temperature: Temperature = 0.8,
+    seed: Seed = None,
+) -> None:
+    """Generate from a prompt and stream the tokens to stdout."""
+    with plane_of(ctx) as plane:
+        _prepare(plane, model, "generate")
+        payload = {"prompt": prompt, **_params(max_tokens, temperature, seed)}
+        with plane.embedded():
+            _stream(plane, TaskSpec(kind="generate", model=model, payload=payload))
+
+
+def chat(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model alias from the profile, or a .gguf path.")],
+    system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
+    max_tokens: MaxTokens = 512,
+    temperature: Temperature = 0.8,
+    seed: Seed = None,
+) -> None:
+    """An interactive chat: one line per turn; an empty line, /exit or Ctrl-D ends it."""
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    interactive = sys.stdin.isatty()
+    with plane_of(ctx) as plane:
+        _prepare(plane, model, "chat")
+        with plane.embedded():
+            while True:
+                if interactive:
+                    sys.stderr.write("you> ")
+                    sys.stderr.flush()
+                line = sys.stdin.readline()
+                if not line or line.strip() in ("", "/exit", "/quit"):
+                    return
+                messages.append({"role": "user", "content": line.rstrip("\n")})
+                payload = {"messages": list(messages), **_params(max_tokens, temperature, seed)}
+                answer = _stream(plane, TaskSpec(kind="chat", model=model, payload=payload))
+                messages.append({"role": "assistant", "content": answer})

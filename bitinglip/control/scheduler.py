@@ -1,0 +1,296 @@
+"""Dispatch: tasks from the queue to connected agents, and their reports back into the queue.
+
+Runs inside the controller loop's thread, the one that owns the database connection. Agents'
+messages arrive through an inbox that rings the loop's doorbell. Per step:
+
+- handle what agents said: output chunks are buffered and stored in batches (a task's first chunk
+  at once, for time to first token), results completed in one transaction, errors failed
+  (retryable ones are retried by the queue), a lost agent's runs requeued at once;
+- claim work for every ready agent up to its free slots (echo is light: many at a time; model
+  kinds up to the host's max_concurrency) and send it;
+- keep leases alive while an agent reports; forward cancel requests; restart dead agents.
+
+Placement today: a task goes to the local host's agent (the only host kind so far).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bitinglip_agent.protocol import RETRYABLE
+
+from bitinglip.config import HostConfig, Profile
+from bitinglip.control import models
+from bitinglip.control.local import LocalTransport
+from bitinglip.control.sessions import AgentSession, Incoming, Inflight
+from bitinglip.control.tasks import TaskQueue
+from bitinglip.errors import BitinglipError
+
+log = logging.getLogger(__name__)
+
+LIGHT_KINDS = ("echo",)
+LIGHT_SLOTS = 256
+OUTPUT_FLUSH_S = 0.05
+RESTART_BACKOFF_S = (0.5, 30.0)
+SILENT_AFTER_S = 10.0  # an agent quiet this long (telemetry is 1 Hz) no longer keeps leases
+
+
+@dataclass
+class HostAgent:
+    host: HostConfig
+    session: AgentSession | None = None
+    restart_at: float = 0.0
+    backoff: float = 0.0
+
+
+class Dispatcher:
+    def __init__(self, profile: Profile, owner: str, wake: Callable[[], None]) -> None:
+        self.profile = profile
+        self.owner = owner
+        self.wake = wake
+        self.agents = [HostAgent(h) for h in profile.hosts if h.kind == "local"]
+        self._inbox: collections.deque[Incoming] = collections.deque()
+        self._beat_at = 0.0
+        self._flush_at = 0.0
+        self.accepting = True
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _start(self, agent: HostAgent) -> None:
+        args = [
+            "--host-name",
+            agent.host.name,
+            "--model-dir",
+            str(agent.host.model_dir or models.models_dir(self.profile)),
+        ]
+        transport = LocalTransport(agent.host.name, args)
+        agent.session = AgentSession(agent.host.name, transport, self._receive)
+        agent.session.start()
+
+    def _receive(self, incoming: Incoming) -> None:
+        self._inbox.append(incoming)  # deque.append is thread-safe
+        self.wake()
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(a.session.inflight) for a in self.agents if a.session is not None)
+
+    def release_all(self, queue: TaskQueue, reason: str) -> int:
+        """Give every in-flight task back to the queue (no attempt penalty), stop agents."""
+        items = []
+        for agent in self.agents:
+            if agent.session is not None:
+                items += [(f.task_id, f.token) for f in agent.session.inflight.values()]
+                agent.session.inflight.clear()
+        released = queue.release(items, reason) if items else 0
+        for agent in self.agents:
+            if agent.session is not None:
+                agent.session.shutdown()
+                agent.session = None
+        return released
+
+    # -- one step of the loop --------------------------------------------------------------
+
+    def step(self, queue: TaskQueue) -> bool:
+        """Do what is due; True when something happened (the loop then goes round again)."""
+        now = time.monotonic()
+        busy = self._handle_inbox(queue)
+        for agent in self.agents:
+            if agent.session is None and self.accepting and now >= agent.restart_at:
+                self._start(agent)
+            elif agent.session is not None and agent.session.ready and self.accepting:
+                busy |= self._fill(queue, agent.session)
+        if now >= self._flush_at:
+            self._flush_output(queue, only_first=False)
+            self._flush_at = now + OUTPUT_FLUSH_S
+        if now >= self._beat_at:
+            self._heartbeat(queue)
+            self._beat_at = now + self.profile.queue.lease_ttl_s / 4
+        return busy
+
+    def next_wake(self) -> float:
+        """Seconds until a timer of this dispatcher is due."""
+        now = time.monotonic()
+        due = [self._beat_at]
+        if self.inflight:
+            due.append(self._flush_at)
+        due += [a.restart_at for a in self.agents if a.session is None]
+        return max(min(due) - now, 0.0)
+
+    def _fill(self, queue: TaskQueue, session: AgentSession) -> bool:
+        kinds = session.kinds()
+        light = [k for k in kinds if k in LIGHT_KINDS]
+        heavy = [k for k in kinds if k not in LIGHT_KINDS]
+        host = next(a.host for a in self.agents if a.session is session)
+        in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
+        in_heavy = len(session.inflight) - in_light
+        claimed = 0
+        for group, free in (
+            (light, LIGHT_SLOTS - in_light),
+            (heavy, host.max_concurrency - in_heavy),
+        ):
+            if not group or free <= 0:
+                continue
+            for claim in queue.claim(
+                self.owner, limit=free, kinds=group, host=host.name, labels=dict(host.labels)
+            ):
+                claimed += 1
+                self._send(
+                    queue,
+                    session,
+                    claim.task_id,
+                    claim.token,
+                    claim.kind,
+                    claim.payload,
+                    claim.model,
+                )
+        return claimed > 0
+
+    def _send(
+        self,
+        queue: TaskQueue,
+        session: AgentSession,
+        task_id: int,
+        token: int,
+        kind: str,
+        payload: object,
+        model: str | None,
+    ) -> None:
+        task: dict[str, object] = {"id": task_id, "kind": kind, "payload": payload}
+        if model is not None:
+            try:
+                task["model"] = models.ensure_local(self.profile, model).to_task()
+            except BitinglipError as exc:
+                queue.fail(task_id, token, str(exc), retryable=False, kind="unknown_model")
+                return
+        try:
+            session.run(task_id, token, kind, task)
+        except ConnectionError as exc:
+            queue.fail(task_id, token, str(exc), retryable=True, kind="agent_lost")
+
+    # -- what agents said ------------------------------------------------------------------
+
+    def _handle_inbox(self, queue: TaskQueue) -> bool:
+        if not self._inbox:
+            return False
+        results: list[tuple[int, int, object]] = []
+        while self._inbox:
+            incoming = self._inbox.popleft()
+            if incoming.msg is None:
+                self._flush_output(queue, only_first=False)
+                self._lost(queue, incoming.session, incoming.reason)
+                continue
+            self._on_message(queue, incoming.session, incoming.msg, results)
+        if results:
+            self._flush_output(queue, only_first=False)
+            stale = queue.complete_many(results)
+            for task_id in stale:
+                log.warning("task %s: result from an expired lease dropped", task_id)
+        else:
+            self._flush_output(queue, only_first=True)
+        return True
+
+    def _on_message(
+        self,
+        queue: TaskQueue,
+        session: AgentSession,
+        msg: dict[str, object],
+        results: list[tuple[int, int, object]],
+    ) -> None:
+        kind = msg["type"]
+        run = session.inflight.get(str(msg.get("id")))
+        if kind == "hello":
+            session.hello = msg
+            self._agent_of(session).backoff = 0.0
+        elif kind == "event" and run is not None and msg.get("kind") == "output":
+            run.output.append(str(msg.get("data", "")))
+        elif kind == "result" and run is not None:
+            del session.inflight[str(msg["id"])]
+            self._flush_one(queue, run)
+            results.append((run.task_id, run.token, msg.get("result")))
+        elif kind == "error" and run is not None:
+            del session.inflight[str(msg["id"])]
+            self._flush_one(queue, run)
+            self._failed(queue, run, msg)
+        elif kind == "protocol_error":
+            log.warning("agent %s: %s", session.host, msg.get("message"))
+            if msg.get("code") == "version_mismatch":
+                session.shutdown(1.0)  # replaced by a fresh agent on the next step
+
+    def _failed(self, queue: TaskQueue, run: Inflight, msg: dict[str, object]) -> None:
+        code = str(msg.get("code", "error"))
+        message = str(msg.get("message", ""))
+        try:
+            if code == "canceled":
+                queue.confirm_canceled(run.task_id, run.token)
+            else:
+                queue.fail(run.task_id, run.token, message, retryable=code in RETRYABLE, kind=code)
+        except BitinglipError as exc:
+            log.warning("task %s: report dropped: %s", run.task_id, exc)
+
+    def _lost(self, queue: TaskQueue, session: AgentSession, reason: str) -> None:
+        """The agent died: its runs go back to the queue at once, as infrastructure failures."""
+        agent = self._agent_of(session)
+        for run in list(session.inflight.values()):
+            try:
+                queue.fail(
+                    run.task_id,
+                    run.token,
+                    f"agent lost: {reason}",
+                    retryable=True,
+                    kind="agent_lost",
+                )
+            except BitinglipError as exc:
+                log.warning("task %s: %s", run.task_id, exc)
+        session.inflight.clear()
+        if agent.session is session:
+            agent.session = None
+            agent.backoff = min(max(agent.backoff * 2, RESTART_BACKOFF_S[0]), RESTART_BACKOFF_S[1])
+            agent.restart_at = time.monotonic() + agent.backoff
+            log.warning(
+                "agent %s lost (%s); restarting in %.1fs", session.host, reason, agent.backoff
+            )
+
+    def _agent_of(self, session: AgentSession) -> HostAgent:
+        return next(a for a in self.agents if a.session is session or a.host.name == session.host)
+
+    # -- output and leases -----------------------------------------------------------------
+
+    def _flush_output(self, queue: TaskQueue, *, only_first: bool) -> None:
+        for agent in self.agents:
+            if agent.session is None:
+                continue
+            for run in agent.session.inflight.values():
+                if run.output and (not only_first or not run.first_output_flushed):
+                    self._flush_one(queue, run)
+
+    def _flush_one(self, queue: TaskQueue, run: Inflight) -> None:
+        if not run.output:
+            return
+        data = "".join(run.output)
+        run.output.clear()
+        run.first_output_flushed = True
+        try:
+            queue.append_output(run.task_id, run.token, data)
+        except BitinglipError as exc:
+            log.warning("task %s: output dropped: %s", run.task_id, exc)
+
+    def _heartbeat(self, queue: TaskQueue) -> None:
+        for agent in self.agents:
+            session = agent.session
+            if session is None or not session.inflight:
+                continue
+            if time.monotonic() - session.last_seen > SILENT_AFTER_S:
+                continue  # a silent agent does not keep its leases: they will expire
+            by_task = {f.task_id: (run_id, f) for run_id, f in session.inflight.items()}
+            beat = queue.heartbeat(self.owner, {t: f.token for t, (_, f) in by_task.items()})
+            for task_id in beat.cancel | beat.lost:
+                session.cancel(by_task[task_id][0])
+            for task_id in beat.lost:
+                session.inflight.pop(by_task[task_id][0], None)
