@@ -2,20 +2,24 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# llama-cpp-python compiles from source. Portable CPU flags by default (a native build can emit
+# instructions a sandboxed CPU refuses); on a CUDA host: make setup CMAKE_ARGS="-DGGML_CUDA=on"
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+export CMAKE_ARGS
 
 .PHONY: setup run check bench clean
 
 $(BIN)/.installed: pyproject.toml agents/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[local,dev]'
 	touch $@
 
 setup: $(BIN)/.installed
 
-# The embedded default: this machine is the only host; the control plane runs for the duration.
+# The embedded default: this machine is the only host, the demo model, nothing else running.
 run: setup
-	$(BIN)/bitinglip tasks submit echo --payload '{"hello": "BitingLip"}' --wait
+	$(BIN)/bitinglip run gemma-3-270m "Why is the sky blue?" --max-tokens 64
 	$(BIN)/bitinglip status
 
 check: setup
@@ -27,6 +31,8 @@ check: setup
 
 bench: setup
 	$(BIN)/python tests/bench/huey_compare.py
+	$(BIN)/bitinglip bench dispatch --json
+	$(BIN)/bitinglip bench infer --json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

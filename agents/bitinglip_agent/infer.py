@@ -120,7 +120,7 @@ class Child:
             first_at = first_at or now
             parts.append(text)
             pending.append(text)
-            if now - flushed_at >= CHUNK_EVERY_S:
+            if tokens == 1 or now - flushed_at >= CHUNK_EVERY_S:  # the first token at once
                 emit("chunk", id=run_id, text="".join(pending))
                 pending.clear()
                 flushed_at = now

@@ -27,7 +27,8 @@ def run(
     profile: Profile, tasks: int = 5000, progress: Callable[[str], None] = lambda _s: None
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as tmp:
-        base = replace(profile, data_dir=Path(tmp))
+        # The queue alone: no hosts, so the controller runs echo in process.
+        base = replace(profile, data_dir=Path(tmp), hosts=())
         out: dict[str, Any] = {"tasks": tasks, "durability": profile.durability}
         steps: list[tuple[str, Callable[[Profile, int], dict[str, float]]]] = [
             ("enqueue", _enqueue),

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bitinglip_agent.protocol import RETRYABLE
 
@@ -28,7 +29,7 @@ from bitinglip.config import HostConfig, Profile
 from bitinglip.control import models
 from bitinglip.control.local import LocalTransport
 from bitinglip.control.sessions import AgentSession, Incoming, Inflight
-from bitinglip.control.tasks import TaskQueue
+from bitinglip.control.tasks import Claim, TaskQueue
 from bitinglip.errors import BitinglipError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class Dispatcher:
 
     def _receive(self, incoming: Incoming) -> None:
         self._inbox.append(incoming)  # deque.append is thread-safe
-        self.wake()
+        if len(self._inbox) == 1:  # else the loop is draining and will see this one too
+            self.wake()
 
     @property
     def inflight(self) -> int:
@@ -130,7 +132,7 @@ class Dispatcher:
         host = next(a.host for a in self.agents if a.session is session)
         in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
         in_heavy = len(session.inflight) - in_light
-        claimed = 0
+        runs: list[tuple[int, int, str, dict[str, Any]]] = []
         for group, free in (
             (light, LIGHT_SLOTS - in_light),
             (heavy, host.max_concurrency - in_heavy),
@@ -140,39 +142,30 @@ class Dispatcher:
             for claim in queue.claim(
                 self.owner, limit=free, kinds=group, host=host.name, labels=dict(host.labels)
             ):
-                claimed += 1
-                self._send(
-                    queue,
-                    session,
-                    claim.task_id,
-                    claim.token,
-                    claim.kind,
-                    claim.payload,
-                    claim.model,
-                )
-        return claimed > 0
-
-    def _send(
-        self,
-        queue: TaskQueue,
-        session: AgentSession,
-        task_id: int,
-        token: int,
-        kind: str,
-        payload: object,
-        model: str | None,
-    ) -> None:
-        task: dict[str, object] = {"id": task_id, "kind": kind, "payload": payload}
-        if model is not None:
-            try:
-                task["model"] = models.ensure_local(self.profile, model).to_task()
-            except BitinglipError as exc:
-                queue.fail(task_id, token, str(exc), retryable=False, kind="unknown_model")
-                return
+                task = self._task(queue, claim)
+                if task is not None:
+                    runs.append((claim.task_id, claim.token, claim.kind, task))
+        if not runs:
+            return False
         try:
-            session.run(task_id, token, kind, task)
+            session.run(runs)
         except ConnectionError as exc:
-            queue.fail(task_id, token, str(exc), retryable=True, kind="agent_lost")
+            for task_id, token, _, _ in runs:
+                queue.fail(task_id, token, str(exc), retryable=True, kind="agent_lost")
+        return True
+
+    def _task(self, queue: TaskQueue, claim: Claim) -> dict[str, Any] | None:
+        """The `run` message's task, or None when its model cannot be had (task failed)."""
+        task: dict[str, Any] = {"id": claim.task_id, "kind": claim.kind, "payload": claim.payload}
+        if claim.model is not None:
+            try:
+                task["model"] = models.ensure_local(self.profile, claim.model).to_task()
+            except BitinglipError as exc:
+                queue.fail(
+                    claim.task_id, claim.token, str(exc), retryable=False, kind="unknown_model"
+                )
+                return None
+        return task
 
     # -- what agents said ------------------------------------------------------------------
 

@@ -75,13 +75,18 @@ class AgentSession:
             kinds = tuple(k for k in kinds if k not in ("generate", "chat", "embed"))
         return kinds
 
-    def run(self, task_id: int, token: int, kind: str, task: dict[str, Any]) -> str:
-        run_id = f"{task_id}.{token}"
-        self.inflight[run_id] = Inflight(task_id, token, kind, time.monotonic())
-        if not self.transport.send(protocol.encode("run", run_id, task=task)):
-            self.inflight.pop(run_id, None)
+    def run(self, runs: list[tuple[int, int, str, dict[str, Any]]]) -> None:
+        """Send (task_id, token, kind, task) runs in one write; raise ConnectionError if gone."""
+        lines = []
+        now = time.monotonic()
+        for task_id, token, kind, task in runs:
+            run_id = f"{task_id}.{token}"
+            self.inflight[run_id] = Inflight(task_id, token, kind, now)
+            lines.append(protocol.encode("run", run_id, task=task))
+        if not self.transport.send(b"".join(lines)):
+            for task_id, token, _, _ in runs:
+                self.inflight.pop(f"{task_id}.{token}", None)
             raise ConnectionError(f"agent on {self.host} is gone")
-        return run_id
 
     def cancel(self, run_id: str) -> None:
         self.transport.send(protocol.encode("cancel", run_id))

@@ -197,9 +197,12 @@ class TaskQueue:
             " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
             " ORDER BY priority DESC, id LIMIT ?"
         )
-        runner_labels = json.dumps(dict(labels or {}))
+        args = (now, *kinds, host, json.dumps(dict(labels or {})), limit)
+        # A read first: an empty queue costs no write lock (submitters never wait on idle polls).
+        if not self.store.conn.execute(sql, (*args[:-1], 1)).fetchone():
+            return []
         with self.store.write() as conn:
-            picked = conn.execute(sql, (now, *kinds, host, runner_labels, limit)).fetchall()
+            picked = conn.execute(sql, args).fetchall()
             if not picked:
                 return []
             transition(

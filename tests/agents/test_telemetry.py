@@ -46,8 +46,6 @@ GPU_KEYS = {
     "clock_mem_mhz",
     "processes",
 }
-# At 1 Hz, 1% of a core is 10 ms a snapshot; a snapshot should cost a small fraction of that.
-BUDGET_S = 0.010
 CPUS = os.cpu_count() or 1
 # One thread spinning on one of CPUS cores makes the whole machine at least this busy (with room).
 SPIN_FLOOR_PCT = 100.0 / CPUS / 4
@@ -191,15 +189,6 @@ def test_gpus_are_reported() -> None:
             assert set(proc) == {"pid", "memory_bytes"}
 
 
-def test_a_snapshot_costs_well_under_one_percent_of_a_core() -> None:
-    with Sampler() as sampler:
-        start = time.process_time()
-        for _ in range(100):
-            sampler.snapshot()
-        per_snapshot = (time.process_time() - start) / 100
-    assert per_snapshot < BUDGET_S
-
-
 ISOLATED = """
 import json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
@@ -256,6 +245,3 @@ class TestProcFallback:
 
     def test_cpu_percent_sees_a_busy_core(self, isolated: dict[str, Any]) -> None:
         assert isolated["second"]["cpu_percent"] >= SPIN_FLOOR_PCT
-
-    def test_a_snapshot_is_cheap(self, isolated: dict[str, Any]) -> None:
-        assert isolated["cost"] < BUDGET_S

@@ -1,10 +1,12 @@
 """Crash: kill -9 the control plane (and a runner holding leases) mid-work, restart, check.
 
-Each seed runs a fleet over a fresh database: `bitinglip up` (the real controller loop), a
-feeder that submits 1,000 echo tasks in transactions of ten, and a fake runner serving host "b"
-(every twentieth task is pinned there) that holds leases while it works. At a seeded random
-moment inside the feeding window they get SIGKILL in a seeded order; for about a third of the
-seeds the runner survives and keeps heartbeating while a new controller takes over. Then:
+Each seed runs a fleet over a fresh database: `bitinglip up` (the real controller loop, which
+runs echo tasks in process: the profile has no local host, so it starts no agent), a feeder that
+submits 1,000 echo tasks in transactions of ten, and a fake runner serving host "b" (every
+twentieth task is pinned there; the controller does not serve "b") that holds leases while it
+works. At a seeded random moment inside the feeding window they get SIGKILL in a seeded order;
+for about a third of the seeds the runner survives and keeps heartbeating while a new controller
+takes over. Then:
 
 - right after the kill: the database is sound and the queue's invariants hold (see
   `harness.queue_problems`): no id missing, every acked submission present, one valid state per
@@ -52,12 +54,9 @@ retry_backoff_s = 0.05
 retry_backoff_max_s = 0.2
 
 [[hosts]]
-name = "local"
-kind = "local"
-
-[[hosts]]
 name = "{RUNNER_HOST}"
-kind = "local"
+kind = "ssh"
+address = "127.0.0.1"
 """
 
 

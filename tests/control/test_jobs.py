@@ -11,6 +11,7 @@ from bitinglip.control import jobs
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskState
 from bitinglip.errors import InputError
+from tests.conftest import NOWHERE
 
 
 def write(tmp_path: Path, *lines: object) -> Path:
@@ -110,7 +111,7 @@ def test_a_job_runs_and_exports_in_its_own_format(tmp_path: Path, plane: Control
         tmp_path,
         {"kind": "echo", "payload": {"n": 1}, "id": "first"},
         {"kind": "echo", "payload": {"n": 2}},
-        {"kind": "generate", "model": "m", "prompt": "never runs here"},
+        {"kind": "generate", "model": "gemma-3-270m", "prompt": "never", "labels": NOWHERE},
     )
     job = plane.submit_job(path)
     assert (job.total, job.format, job.counts["queued"]) == (3, "bitinglip", 3)
