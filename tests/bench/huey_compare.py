@@ -3,7 +3,8 @@
 Huey runs with its defaults (WAL, synchronous FULL) and one worker thread; its round trip is
 measured with the consumer's polling tuned to 1 ms (its default polling gives ~100 ms). Then
 `bitinglip bench queue --json` runs in a subprocess (durability "normal", the default, then
-"full" like Huey), and the ratios are printed with the targets
+"full" like Huey), then `bitinglip bench dispatch --json` (echo through the local agent), and the
+ratios are printed with the targets
 of issue 2 as one JSON object. Exit status 0 whether or not targets are met: it reports.
 
     python tests/bench/huey_compare.py [--tasks N]
@@ -79,9 +80,9 @@ def _wait_results(huey: Any, count: int) -> None:
     huey.storage.flush_results()
 
 
-def _bitinglip(tasks: int, durability: str) -> dict[str, Any]:
+def _bitinglip(tasks: int, durability: str, bench: str = "queue") -> dict[str, Any]:
     env = {**os.environ, "BITINGLIP_DURABILITY": durability}
-    command = [sys.executable, "-m", "bitinglip", "bench", "queue", "--tasks", str(tasks), "--json"]
+    command = [sys.executable, "-m", "bitinglip", "bench", bench, "--tasks", str(tasks), "--json"]
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -94,7 +95,9 @@ def main() -> None:
     huey = huey_numbers(args.tasks)
     ours = _bitinglip(args.tasks, "normal")
     ours_full = _bitinglip(args.tasks, "full")
+    dispatch = _bitinglip(args.tasks, "normal", "dispatch")
     ratios = {
+        "dispatch_e2e_vs_huey_enqueue_drain": dispatch["e2e_per_s"] / huey["e2e_per_s"],
         "enqueue_vs_huey": ours["enqueue_per_s"] / huey["enqueue_per_s"],
         "e2e_vs_huey_enqueue_drain": ours["e2e_per_s"] / huey["e2e_per_s"],
         "claim_complete_vs_raw_sqlite": ours["claim_complete_per_s"]
@@ -106,6 +109,11 @@ def main() -> None:
         "e2e_vs_huey_enqueue_drain": ratios["e2e_vs_huey_enqueue_drain"] >= 3,
         "claim_complete_vs_raw_sqlite": ratios["claim_complete_vs_raw_sqlite"] >= 0.5,
         "rtt_p50_ms": ours["rtt_p50_ms"] <= 2,
+        "dispatch_e2e_vs_huey_enqueue_drain": ratios["dispatch_e2e_vs_huey_enqueue_drain"] >= 3,
+        "dispatch_rtt_p50_ms": dispatch["rtt_p50_ms"] <= 2,
+        "agent_rss_mb": dispatch["agent_rss_mb"] <= 40,
+        "agent_cold_start_ms": dispatch["agent_cold_start_ms"] <= 500,
+        "agent_telemetry_cpu_pct": dispatch["agent_telemetry_cpu_pct"] <= 1,
     }
     print(
         json.dumps(
@@ -113,6 +121,7 @@ def main() -> None:
                 "huey": huey,
                 "bitinglip": ours,
                 "bitinglip_full": ours_full,
+                "bitinglip_dispatch": dispatch,
                 "ratios": {k: round(v, 2) for k, v in ratios.items()},
                 "targets_met": targets,
             },
