@@ -16,6 +16,7 @@ refused before SQLite opens it, so it is never written to.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import struct
@@ -41,23 +42,32 @@ class Store:
 
     A Store belongs to one thread at a time. Write transactions go through `write()`, which
     issues BEGIN IMMEDIATE so that a transaction never has to upgrade its lock halfway.
+
+    Writers also queue on an flock of `<db>.lock`: SQLite's busy handler polls with sleeps of up
+    to 100 ms, so under a stream of short transactions from other processes a waiting writer can
+    miss every gap and starve; a blocked flock is woken the moment the lock is released.
     """
 
     def __init__(self, path: Path, conn: sqlite3.Connection, durability: str) -> None:
         self.path = path
         self.conn = conn
         self.durability = durability
+        self._lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-        _begin_immediate(self.conn)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            _begin_immediate(self.conn)
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -99,6 +109,7 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        os.close(self._lock_fd)
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -114,8 +125,8 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
                 raise
             if time.monotonic() > deadline:
                 raise StoreError(
-                    "the state database stayed locked for 10 s; another process holds a long "
-                    "write transaction"
+                    "the state database stayed locked for 10 s; a process holds a write "
+                    "transaction open (a hung bitinglip, or another program using the file)"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,13 @@ CONSOLE_SCRIPT = BIN / "bitinglip"
 COMMAND: list[str] = (
     [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "bitinglip"]
 )
+
+# A model alias of the built-in default profile. Submitting a task for it without --wait only
+# queues it; `--label gpu=none` (no host has that label) keeps it queued while a controller runs.
+MODEL = "gemma-3-270m"
+NOWHERE = "gpu=none"
+NOWHERE_LABELS = {"gpu": "none"}
+STOP_WITHIN_S = 5.0
 
 
 def hermetic_env(root: Path) -> dict[str, str]:
@@ -85,26 +94,32 @@ class Proc:
         return [*head, *(str(a) for a in args)]
 
     def __call__(
-        self, *args: str | Path, data_dir: bool = True, timeout: float = 30
+        self,
+        *args: str | Path,
+        data_dir: bool = True,
+        timeout: float = 30,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.argv(args, data_dir),
             cwd=self.cwd,
             env=self.env,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
 
-    def ok(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
-        done = self(*args)
+    def ok(self, *args: str | Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        done = self(*args, timeout=timeout)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
         return done
 
-    def json(self, *args: str | Path) -> Any:
-        return json.loads(self.ok(*args, "--json").stdout)
+    def json(self, *args: str | Path, timeout: float = 30) -> Any:
+        return json.loads(self.ok(*args, "--json", timeout=timeout).stdout)
 
     def popen(self, *args: str | Path, stderr_to: Path) -> subprocess.Popen[bytes]:
         with stderr_to.open("wb") as sink:
@@ -116,6 +131,54 @@ class Proc:
                 stdout=subprocess.DEVNULL,
                 stderr=sink,
             )
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+class Up:
+    """A `bitinglip [GLOBAL_ARGS] up` process and the file its stderr goes to."""
+
+    def __init__(self, proc: Proc, log: Path, *global_args: str | Path) -> None:
+        self.log = log
+        self.process = proc.popen(*global_args, "up", stderr_to=log)
+
+    @property
+    def stderr(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_until_controller(self) -> None:
+        def ready() -> bool:
+            assert self.process.poll() is None, f"up exited early:\n{self.stderr}"
+            return "bitinglip: controller of " in self.stderr
+
+        wait_for("`bitinglip up` to hold the controller lease", ready)
+
+    def stop(self, sig: signal.Signals, within: float = STOP_WITHIN_S) -> int:
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"up ignored {sig.name} for {within} s") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def assert_stopped_cleanly(up: Up, sig: signal.Signals, code: int) -> None:
+    assert code == 0, up.stderr
+    lines = stderr_lines(up.stderr)
+    assert "Traceback" not in up.stderr
+    assert f"bitinglip: {sig.name}: stopping" in lines, lines
+    assert lines[-1] == "bitinglip: stopped", lines
 
 
 @pytest.fixture

@@ -18,46 +18,14 @@ from pathlib import Path
 import pytest
 
 from bitinglip import __version__
-from tests.cli.conftest import Proc, stderr_lines, write_jsonl
-
-STOP_WITHIN_S = 5.0
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Up:
-    """A `bitinglip up` process and the file its stderr goes to."""
-
-    def __init__(self, proc: Proc, log: Path) -> None:
-        self.log = log
-        self.process = proc.popen("up", stderr_to=log)
-
-    @property
-    def stderr(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def wait_until_controller(self) -> None:
-        def ready() -> bool:
-            assert self.process.poll() is None, f"up exited early:\n{self.stderr}"
-            return "bitinglip: controller of " in self.stderr
-
-        wait_for("`bitinglip up` to hold the controller lease", ready)
-
-    def stop(self, sig: signal.Signals) -> int:
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(STOP_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"up ignored {sig.name} for {STOP_WITHIN_S} s") from None
-
+from tests.cli.conftest import (
+    Proc,
+    Up,
+    assert_stopped_cleanly,
+    stderr_lines,
+    wait_for,
+    write_jsonl,
+)
 
 @pytest.fixture
 def start_up(proc: Proc, tmp_path: Path) -> Iterator[Callable[[], Up]]:
@@ -70,17 +38,7 @@ def start_up(proc: Proc, tmp_path: Path) -> Iterator[Callable[[], Up]]:
 
     yield start
     for up in started:
-        if up.process.poll() is None:
-            up.process.kill()
-            up.process.wait()
-
-
-def assert_stopped_cleanly(up: Up, sig: signal.Signals, code: int) -> None:
-    assert code == 0, up.stderr
-    lines = stderr_lines(up.stderr)
-    assert "Traceback" not in up.stderr
-    assert f"bitinglip: {sig.name}: stopping" in lines, lines
-    assert lines[-1] == "bitinglip: stopped", lines
+        up.kill()
 
 
 # -- one-shot commands -----------------------------------------------------------------------
@@ -112,9 +70,13 @@ def test_errors_are_one_line_with_exit_codes(proc: Proc) -> None:
     runtime = proc("tasks", "show", "42")
     assert runtime.returncode == 1
     assert len(stderr_lines(runtime.stderr)) == 1 and "no task 42" in runtime.stderr
+    # An unknown model is refused at submit, even with --wait: nothing is queued, nothing runs.
     waited = proc("tasks", "submit", "generate", "--model", "m", "--prompt", "p", "--wait")
-    assert waited.returncode == 1 and len(stderr_lines(waited.stderr)) == 1
-    assert proc.json("status")["tasks"]["queued"] == 0
+    assert waited.returncode == 2, waited.stderr
+    assert waited.stdout == ""
+    lines = stderr_lines(waited.stderr)
+    assert len(lines) == 1 and lines[0].startswith("bitinglip: unknown model 'm'"), lines
+    assert set(proc.json("status")["tasks"].values()) == {0}
 
 
 def test_python_m_bitinglip_is_the_same_cli(proc: Proc) -> None:

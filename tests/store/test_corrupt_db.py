@@ -97,7 +97,8 @@ def real_db(tmp_path_factory: pytest.TempPathFactory) -> RealDb:
     status = cli(root, "--data-dir", data_dir, "status", "--json")
     tasks = sum(json.loads(status.stdout)["tasks"].values())
     assert tasks == 62
-    assert sorted(p.name for p in data_dir.iterdir()) == ["state.db"], "WAL left behind"
+    names = sorted(p.name for p in data_dir.iterdir())
+    assert names == ["state.db", "state.db.lock"], "WAL left behind"
     real = RealDb((data_dir / "state.db").read_bytes())
     real.tasks = tasks
     assert len(real.data) >= 8 * real.page_size and len(real.data) % real.page_size == 0

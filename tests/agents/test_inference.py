@@ -1,0 +1,188 @@
+"""Real inference on the demo model through the control plane and a real local agent.
+
+One control plane (and so one agent, with one inference child per mode) serves the whole
+module: loading the model costs seconds on a small CPU, generation costs a few tokens a second,
+so every test keeps `max_tokens` small.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bitinglip.config import parse_profile
+from bitinglip.control.loop import ControlLoop
+from bitinglip.control.plane import ControlPlane, open_control_plane
+from bitinglip.control.tasks import TaskSpec, TaskState
+from tests.agents.conftest import agent_pid, event_details, first_output, generate, succeeded
+from tests.conftest import FAST_QUEUE
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, demo_model: Path
+) -> Iterator[tuple[ControlPlane, ControlLoop]]:
+    home = tmp_path_factory.mktemp("inference-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CONFIG_HOME", str(home / "config"))
+        env.setenv("XDG_DATA_HOME", str(home / "data"))
+        profile = parse_profile(FAST_QUEUE, name="inference", path=None, data_dir=home / "state")
+        with open_control_plane(profile) as plane, plane.embedded() as loop:
+            assert loop is not None
+            agent_pid(loop)
+            yield plane, loop
+
+
+@pytest.fixture
+def plane(served: tuple[ControlPlane, ControlLoop]) -> ControlPlane:
+    return served[0]
+
+
+def run(plane: ControlPlane, spec: TaskSpec, timeout: float = 120.0) -> dict[str, Any]:
+    task = succeeded(plane, plane.submit(spec), timeout)
+    assert task.attempt == 1, event_details(plane, task.id)
+    assert isinstance(task.result, dict)
+    return task.result
+
+
+def test_generate_is_deterministic(plane: ControlPlane, demo_model: Path) -> None:
+    first, second = (run(plane, generate(demo_model, PROMPT, 8)) for _ in range(2))
+    assert first["text"].strip(), first
+    assert first["text"] == second["text"]
+    assert first["finish_reason"] in ("length", "stop")
+    usage = first["usage"]
+    assert 0 < usage["completion_tokens"] <= 8
+    assert usage["prompt_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert first["timings"]["total_s"] > 0
+
+
+def test_chat_is_deterministic(plane: ControlPlane, demo_model: Path) -> None:
+    payload = {
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "seed": 1,
+    }
+    spec = TaskSpec(kind="chat", model=str(demo_model), payload=payload)
+    first, second = run(plane, spec), run(plane, spec)
+    assert first["text"].strip(), first
+    assert first["text"] == second["text"]
+    assert 0 < first["usage"]["completion_tokens"] <= 8
+
+
+def test_embed_is_deterministic(plane: ControlPlane, demo_model: Path) -> None:
+    texts = ["hello world", "The sky is blue because of Rayleigh scattering."]
+    spec = TaskSpec(kind="embed", model=str(demo_model), payload={"input": texts})
+    first, second = run(plane, spec), run(plane, spec)
+    vectors = first["embeddings"]
+    assert len(vectors) == 2
+    dim = len(vectors[0])
+    assert dim > 0 and len(vectors[1]) == dim
+    for vector in vectors:
+        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-4)
+    assert vectors[0] != vectors[1]
+    assert second["embeddings"] == vectors
+    assert first["usage"]["prompt_tokens"] > 0
+    # A single string is one input: the same vector as in the batch.
+    single = run(plane, TaskSpec(kind="embed", model=str(demo_model), payload={"input": texts[0]}))
+    assert len(single["embeddings"]) == 1
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(single["embeddings"][0], vectors[0]))
+
+
+def test_streamed_output_is_the_result_and_is_stored_in_batches(
+    plane: ControlPlane, demo_model: Path
+) -> None:
+    """`follow` delivers exactly the final text, in fewer rows than tokens.
+
+    Chunks that arrive while the controller is busy are coalesced into one row. On a fast
+    machine that happens on its own (tokens come faster than the 50 ms flush); on a slow one
+    each token may be its own chunk, so the test holds the database's write lock for a moment
+    after the first chunk: everything the agent says meanwhile must land as one batch.
+    """
+    task_id = plane.submit(generate(demo_model, PROMPT, 64))
+    chunks = [first_output(plane, task_id)]
+    with plane.store.write():
+        time.sleep(1.0)
+    chunks += plane.follow(task_id, timeout=120)
+    task = succeeded(plane, task_id)
+    result = task.result
+    tokens = result["usage"]["completion_tokens"]
+    assert tokens >= 16, result  # the batch check needs a long generation
+    assert "".join(chunks) == result["text"]
+    assert plane.output(task_id) == result["text"]
+    rows = plane.store.conn.execute(
+        "SELECT count(*) FROM task_output WHERE task_id = ?", (task_id,)
+    ).fetchone()[0]
+    assert rows == len(chunks)
+    assert rows < tokens, f"{rows} output rows for {tokens} tokens: output is not batched"
+
+
+def test_cancel_mid_stream_ends_the_task_and_the_agent_keeps_serving(
+    served: tuple[ControlPlane, ControlLoop], demo_model: Path
+) -> None:
+    plane, loop = served
+    pid = agent_pid(loop)
+    task_id = plane.submit(generate(demo_model, "Write a long story about a dragon.", 64))
+    first_output(plane, task_id)
+    started = time.monotonic()
+    assert plane.cancel([task_id]) == {task_id: "cancel requested"}
+    task = plane.wait(task_id, 15)
+    elapsed = time.monotonic() - started
+    assert task.state == TaskState.CANCELED, (task.state, task.error_kind, task.error)
+    assert elapsed < 5.0, f"cancel took {elapsed:.1f}s"
+    # The runner stopped it (not a lease expiry), and it stopped early.
+    assert event_details(plane, task_id)[-1] == "canceled by the runner"
+    assert task.result is None
+    assert len(plane.output(task_id)) < 64 * 4
+    # The same agent serves the next task.
+    follow_up = run(plane, generate(demo_model, PROMPT, 4))
+    assert follow_up["text"].strip()
+    assert agent_pid(loop) == pid
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_concurrent_generates_are_serialized_and_not_corrupted(
+    served: tuple[ControlPlane, ControlLoop], demo_model: Path
+) -> None:
+    plane, loop = served
+    prompts = [
+        "The capital of France is",
+        "My favourite fruit is",
+        "Once upon a time there was",
+        "The quick brown fox",
+    ]
+    alone = {p: run(plane, generate(demo_model, p, 8))["text"] for p in prompts}
+    assert len(set(alone.values())) == len(prompts), alone
+    specs = [generate(demo_model, prompts[i % len(prompts)], 8) for i in range(16)]
+    ids = plane.submit_many(specs)
+    tasks = [succeeded(plane, task_id, 240) for task_id in ids]
+    for spec, task in zip(specs, tasks, strict=True):
+        assert task.attempt == 1, event_details(plane, task.id)
+        assert task.result["text"] == alone[spec.payload["prompt"]], (task.id, spec.payload)
+    # The dispatcher ran at most max_concurrency of them at a time, and did run several at once.
+    intervals = [(t.started_at or 0.0, t.finished_at or 0.0) for t in tasks]
+    max_concurrency = plane.profile.hosts[0].max_concurrency
+    assert 2 <= _max_overlap(intervals) <= max_concurrency, intervals
+    # One context, one request at a time: the child's own run times fit end to end in the span.
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    busy = sum(t.result["timings"]["total_s"] for t in tasks)
+    assert busy <= span * 1.02 + 0.05, (busy, span)
+    assert agent_pid(loop) > 0
