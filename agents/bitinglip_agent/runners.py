@@ -101,11 +101,15 @@ class Runners:
             runner.stop()
         return len(gone)
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Stop every runner and give them `timeout` to report their last words."""
         with self._lock:
             runners = list(self._runners.values())
         for runner in runners:
             runner.stop()
+        deadline = time.monotonic() + timeout
+        for runner in runners:
+            runner.join(max(deadline - time.monotonic(), 0.0))
 
 
 class ModelRunner:
@@ -146,8 +150,16 @@ class ModelRunner:
         return True
 
     def stop(self) -> None:
+        """Stop taking requests, cancel the running one; pending ones fail as agent_stopping."""
         self._stopped.set()
+        with self._child_lock:
+            current = self._current
+        if current is not None:
+            self.cancel(current.run_id)
         self._queue.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     # -- the runner thread -----------------------------------------------------------------
 
@@ -160,7 +172,7 @@ class ModelRunner:
                 except queue.Empty:
                     self._stop_child()  # idle: unload
                     continue
-                if request is not None:
+                if request is not None and not self._stopped.is_set():
                     self._serve(request)
         finally:
             self._stop_child()

@@ -133,7 +133,9 @@ class Proc:
             )
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float = 10.0, step: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

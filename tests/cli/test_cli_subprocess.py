@@ -27,6 +27,7 @@ from tests.cli.conftest import (
     write_jsonl,
 )
 
+
 @pytest.fixture
 def start_up(proc: Proc, tmp_path: Path) -> Iterator[Callable[[], Up]]:
     started: list[Up] = []
