@@ -16,15 +16,26 @@ AGENTS_DIR = Path(__file__).resolve().parents[2] / "agents"
 
 
 class AgentProc:
-    def __init__(self, *args: str, isolated: bool = False, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, isolated: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         if isolated:  # no site-packages: no optional package can be imported
-            argv = [sys.executable, "-I", "-S", "-c",
-                    f"import sys; sys.path.insert(0, {str(AGENTS_DIR)!r}); import runpy;"
-                    " runpy.run_module('bitinglip_agent', run_name='__main__')", *args]
+            argv = [
+                sys.executable,
+                "-I",
+                "-S",
+                "-c",
+                f"import sys; sys.path.insert(0, {str(AGENTS_DIR)!r}); import runpy;"
+                " runpy.run_module('bitinglip_agent', run_name='__main__')",
+                *args,
+            ]
         else:
             argv = [sys.executable, "-m", "bitinglip_agent", *args]
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})},
         )
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()

@@ -6,9 +6,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
-
 from bitinglip_agent import protocol
 from bitinglip_agent.protocol import FROM_AGENT, TO_AGENT, ProtocolError
+
 from tests.agents.agent_proc import AgentProc
 
 
@@ -24,17 +24,25 @@ def test_every_message_type_round_trips(msg_type: str) -> None:
     line = protocol.encode(msg_type, "id-1", payload={"x": [1, "ü"]})
     accepted = TO_AGENT if msg_type in TO_AGENT else FROM_AGENT
     msg = protocol.decode(line, accepted)
-    assert (msg["v"], msg["type"], msg["id"], msg["payload"]) == (1, msg_type, "id-1", {"x": [1, "ü"]})
+    assert (msg["v"], msg["type"], msg["id"], msg["payload"]) == (
+        1,
+        msg_type,
+        "id-1",
+        {"x": [1, "ü"]},
+    )
     assert line.endswith(b"\n") and line.count(b"\n") == 1
 
 
-@pytest.mark.parametrize(("line", "code"), [
-    (b"{not json", "malformed"),
-    (b"[1, 2]", "malformed"),
-    (b'{"v": 99, "type": "ping"}', "version_mismatch"),
-    (b'{"v": 1, "type": "teleport"}', "unknown_type"),
-    (b"\xff\xfe", "malformed"),
-])
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"{not json", "malformed"),
+        (b"[1, 2]", "malformed"),
+        (b'{"v": 99, "type": "ping"}', "version_mismatch"),
+        (b'{"v": 1, "type": "teleport"}', "unknown_type"),
+        (b"\xff\xfe", "malformed"),
+    ],
+)
 def test_decode_refuses_bad_lines(line: bytes, code: str) -> None:
     with pytest.raises(ProtocolError) as err:
         protocol.decode(line, TO_AGENT)
