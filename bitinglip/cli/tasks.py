@@ -75,7 +75,7 @@ def submit(
         reason = plane.cannot_run(kind) if wait else None
         if reason is not None:
             fail(f"--wait: {reason}; submit without --wait to queue it")
-        if spec.model is not None:
+        if wait and spec.model is not None:  # else the controller fetches it when it runs
             ensure_local(plane.profile, spec.model, progress=lambda s: note(f"bitinglip: {s}"))
         if not wait:
             task_id = plane.submit(spec)

@@ -191,7 +191,7 @@ class TaskQueue:
         now = self.clock()
         expires = now + (lease_s or self.config.lease_ttl_s)
         sql = (
-            "SELECT id, attempt FROM tasks INDEXED BY tasks_ready"
+            "SELECT id, attempt, lease_token FROM tasks INDEXED BY tasks_ready"
             " WHERE state = 'queued' AND run_after <= ?"
             f" AND kind IN ({','.join('?' * len(kinds))})"
             " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
@@ -205,9 +205,13 @@ class TaskQueue:
             picked = conn.execute(sql, args).fetchall()
             if not picked:
                 return []
+            rerun = [i for i, _, token in picked if token > 0]
+            if rerun:  # a task run before starts with empty output
+                marks = ",".join("?" * len(rerun))
+                conn.execute(f"DELETE FROM task_output WHERE task_id IN ({marks})", rerun)
             transition(
                 conn,
-                [(i, Q, a) for i, a in picked],
+                [(i, Q, a) for i, a, _ in picked],
                 R,
                 now,
                 "lease_owner = ?, lease_expires_at = ?, lease_token = lease_token + 1,"
@@ -219,7 +223,7 @@ class TaskQueue:
             got = conn.execute(
                 "SELECT id, kind, payload, model, lease_token, attempt FROM tasks"
                 f" WHERE id IN ({marks}) ORDER BY priority DESC, id",
-                [i for i, _ in picked],
+                [i for i, _, _ in picked],
             ).fetchall()
         return [Claim(i, k, json.loads(p), m, t, a, expires) for i, k, p, m, t, a in got]
 
@@ -294,7 +298,8 @@ class TaskQueue:
                 [(i, R, a) for i, (a, _) in current.items()],
                 Q,
                 now,
-                "lease_owner = NULL, lease_expires_at = NULL, run_after = ?",
+                "lease_owner = NULL, lease_expires_at = NULL, run_after = ?, ran_on = NULL,"
+                " started_at = NULL",
                 (now,),
                 detail=reason,
             )
@@ -354,7 +359,7 @@ class TaskQueue:
                 [(task_id, R, attempt)],
                 Q,
                 now,
-                f"{clear}, attempt = attempt + 1, run_after = ?",
+                f"{clear}, attempt = attempt + 1, run_after = ?, ran_on = NULL, started_at = NULL",
                 (error, kind, now + delay),
                 detail=f"{kind}: {error}; retry in {delay:g}s",
             )

@@ -30,8 +30,8 @@ COMMAND: list[str] = (
     [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "bitinglip"]
 )
 
-# A model alias of the built-in default profile. Submitting a task for it without --wait only
-# queues it; `--label gpu=none` (no host has that label) keeps it queued while a controller runs.
+# A model alias of the built-in default profile. `--label gpu=none` (no host has that label)
+# keeps a task for it queued while a controller runs.
 MODEL = "gemma-3-270m"
 NOWHERE = "gpu=none"
 NOWHERE_LABELS = {"gpu": "none"}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,13 @@ def run_until_done(cli: Cli, ids: list[int], timeout: float = 10) -> None:
 
 def submit(cli: Cli, *args: str) -> int:
     return int(cli.ok("tasks", "submit", *args).stdout)
+
+
+@pytest.fixture
+def drop_models(cli: Cli) -> Iterator[None]:
+    """Remove what a test assembled into the data dir (250 MB) rather than keep it in tmp."""
+    yield
+    shutil.rmtree(cli.data_dir / "models", ignore_errors=True)
 
 
 # -- help ------------------------------------------------------------------------------------
@@ -247,6 +256,7 @@ def test_an_unknown_model_is_refused_at_submit_and_queues_nothing(
     assert not (cli.data_dir / "models").exists()
 
 
+@pytest.mark.usefixtures("drop_models")
 def test_generate_without_wait_is_queued(cli: Cli) -> None:
     task_id = submit(cli, "generate", "--model", MODEL, "--prompt", "once", "--label", NOWHERE)
     task = cli.json("tasks", "show", str(task_id))
@@ -270,18 +280,31 @@ def test_a_gguf_path_is_a_model_name(cli: Cli, tmp_path: Path) -> None:
     assert cli.counts() == {**ZERO, "queued": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: `tasks submit` without --wait assembles the model into the data dir "
-    "(bitinglip/cli/tasks.py calls ensure_local for every model task); only the check of "
-    "the name belongs at submit, as `jobs submit` does",
-)
+@pytest.mark.usefixtures("drop_models")
 def test_submit_without_wait_does_not_fetch_the_model(cli: Cli) -> None:
     result = cli.ok(
         "tasks", "submit", "generate", "--model", MODEL, "--prompt", "x", "--label", NOWHERE
     )
     assert result.stderr == ""
     assert not (cli.data_dir / "models" / f"{MODEL}.gguf").exists()
+
+
+def test_a_rerun_task_shows_only_the_output_of_its_last_run(cli: Cli, tmp_path: Path) -> None:
+    weights = tmp_path / "tiny.gguf"
+    weights.write_bytes(b"GGUF")
+    task_id = submit(cli, "generate", "--model", str(weights), "--prompt", "p", "--label", NOWHERE)
+    profile = load_profile(None, data_dir=cli.data_dir, cwd=cli.cwd)
+    with open_control_plane(profile) as plane:  # a runner, through the queue's own API
+        [first] = plane.queue.claim("runner-1", kinds=["generate"], labels=NOWHERE_LABELS)
+        plane.queue.append_output(task_id, first.token, "Once up")
+        assert plane.queue.release([(task_id, first.token)], "released: stopping") == 1
+        [second] = plane.queue.claim("runner-2", kinds=["generate"], labels=NOWHERE_LABELS)
+        plane.queue.append_output(task_id, second.token, "Once upon a time")
+        plane.queue.complete(task_id, second.token, {"text": "Once upon a time"})
+    task = cli.json("tasks", "show", str(task_id))
+    assert task["state"] == "succeeded" and task["attempt"] == 1
+    assert task["result"] == {"text": "Once upon a time"}
+    assert task["output"] == "Once upon a time"
 
 
 # -- tasks: usage errors ---------------------------------------------------------------------

