@@ -78,6 +78,9 @@ class Child:
     def run(self, op: str, run_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         if op == "embed":
             return self.embed(payload)
+        # No prefix cache across requests: the same request must give the same output whatever
+        # ran before it (a reused prefix changes the floating-point path).
+        self.llm.reset()
         params = {k: payload[k] for k in PARAMS if payload.get(k) is not None}
         params.setdefault("max_tokens", 256)
         start = time.perf_counter()

@@ -33,7 +33,7 @@ def _stream(plane: ControlPlane, spec: TaskSpec) -> str:
     Ctrl-C cancels the task."""
     task_id = plane.submit(spec)
     try:
-        for chunk in plane.follow(task_id):
+        for chunk in plane.follow(task_id, on_rerun=lambda: _rerun(task_id)):
             sys.stdout.write(chunk)
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -47,6 +47,11 @@ def _stream(plane: ControlPlane, spec: TaskSpec) -> str:
         fail(f"task {task.id} {task.state}: {task.error or 'no error recorded'}")
     result = task.result if isinstance(task.result, dict) else {}
     return str(result.get("text", ""))
+
+
+def _rerun(task_id: int) -> None:
+    sys.stdout.write("\n")
+    note(f"bitinglip: task {task_id} is running again (retry); its output starts over")
 
 
 def _prepare(plane: ControlPlane, model: str, kind: str) -> None:

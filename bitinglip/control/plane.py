@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -139,14 +139,26 @@ class ControlPlane:
             )
         return None
 
-    def follow(self, task_id: int, timeout: float | None = None) -> Iterator[str]:
-        """The task's output as it is stored, chunk by chunk, until it ends (or `timeout`)."""
+    def follow(
+        self, task_id: int, timeout: float | None = None, on_rerun: Callable[[], None] | None = None
+    ) -> Iterator[str]:
+        """The task's output as it is stored, chunk by chunk, until it ends (or `timeout`).
+
+        When the task is run again (a retry), its output starts over: `on_rerun` is called and
+        the new run's output follows from its start.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        seq, version = 0, -1
+        seq, version, token = 0, -1, None
         while True:
             current = self.store.data_version()
             if current != version:
                 version = current
+                task = self.task(task_id)  # before the rows: rows stored with the end are read
+                if token is not None and task.lease_token != token and seq > 0:
+                    seq = 0
+                    if on_rerun is not None:
+                        on_rerun()
+                token = task.lease_token
                 rows = self.store.conn.execute(
                     "SELECT seq, data FROM task_output WHERE task_id = ? AND seq > ? ORDER BY seq",
                     (task_id, seq),
@@ -154,7 +166,7 @@ class ControlPlane:
                 for row_seq, data in rows:
                     seq = row_seq
                     yield data
-                if self.task(task_id).state in TERMINAL:
+                if task.state in TERMINAL:
                     return
             if deadline is not None and time.monotonic() > deadline:
                 return

