@@ -114,7 +114,13 @@ class TaskQueue:
 
     def submit(self, spec: TaskSpec) -> int:
         """Queue one task durably; an idempotency key already used returns that task's id."""
-        return self.submit_many([spec])[0]
+        spec.validate()
+        row = self._row(spec, self.clock())
+        with self.store.write() as conn:
+            task_id = _insert_one(conn, row, spec.idempotency_key)
+        if self.on_submit is not None:
+            self.on_submit()
+        return task_id
 
     def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
         """Queue many tasks in one transaction; all of them or none."""
