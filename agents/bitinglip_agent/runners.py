@@ -225,8 +225,6 @@ class ModelRunner:
             str(options.gpu_layers),
         ]
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
-        # OpenMP's busy-wait collapses throughput when the cores are shared; wait passively.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         child = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )

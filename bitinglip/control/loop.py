@@ -36,6 +36,7 @@ class ControlLoop:
         self.owner = owner or controller.new_owner_id()
         self.doorbell = Doorbell(profile.db_path)
         self.finished = threading.Condition()  # notified after results or output are committed
+        self.commits = 0  # counts those notifications, so a waiter never misses one
         self.is_controller = threading.Event()
         self._stop = threading.Event()
         self.dispatcher: Dispatcher | None = None
@@ -103,9 +104,10 @@ class ControlLoop:
     def _work(self, queue: TaskQueue) -> bool:
         if self.dispatcher is None:
             return self._run_echo(queue) > 0
+        changes = queue.store.conn.total_changes
         busy = self.dispatcher.step(queue)
-        if busy:
-            self._notify()
+        if queue.store.conn.total_changes != changes:
+            self._notify()  # waiters in this process re-read at once
         return busy
 
     def _sleep(self, queue: TaskQueue, timer_at: float) -> None:
@@ -131,14 +133,13 @@ class ControlLoop:
             dispatcher.inflight,
         )
         while dispatcher.inflight and time.monotonic() < deadline:
-            if dispatcher.step(queue):
-                self._notify()
-            else:
+            if not self._work(queue):
                 self.doorbell.wait(min(deadline - time.monotonic(), dispatcher.next_wake()))
         del store
 
     def _notify(self) -> None:
         with self.finished:
+            self.commits += 1
             self.finished.notify_all()
 
     def _hold_lease(
