@@ -98,7 +98,7 @@ def real_db(tmp_path_factory: pytest.TempPathFactory) -> RealDb:
     tasks = sum(json.loads(status.stdout)["tasks"].values())
     assert tasks == 62
     names = sorted(p.name for p in data_dir.iterdir())
-    assert names == ["state.db", "state.db.lock"], "WAL left behind"
+    assert names == ["state.db"], "WAL left behind"
     real = RealDb((data_dir / "state.db").read_bytes())
     real.tasks = tasks
     assert len(real.data) >= 8 * real.page_size and len(real.data) % real.page_size == 0
