@@ -21,15 +21,17 @@ import random
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bitinglip.errors import StoreError
 
 if TYPE_CHECKING:
     import sqlite_utils
+
+T = TypeVar("T")
 
 APPLICATION_ID = 0x424C4950  # "BLIP" in the SQLite header: marks the file as ours.
 BUSY_TIMEOUT_MS = 10_000
@@ -59,6 +61,11 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def write_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        """A write transaction of one statement (its own transaction: SQLite takes the write
+        lock when the statement starts, as BEGIN IMMEDIATE would), waiting like `write()`."""
+        return _with_write_lock(self.conn, lambda: self.conn.execute(sql, params))
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -103,20 +110,24 @@ class Store:
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, waiting for the write lock with short, jittered retries.
+    """BEGIN IMMEDIATE, waiting for the write lock as `_with_write_lock` does."""
+    _with_write_lock(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
+
+
+def _with_write_lock(conn: sqlite3.Connection, start: Callable[[], T]) -> T:
+    """Run `start` (a statement that takes the write lock), retrying while the lock is busy.
 
     SQLite's own busy handler (the connection's busy_timeout, kept for every other statement)
     backs off to 100 ms sleeps, so under a stream of short transactions from other processes a
     waiting writer can miss every gap for the whole timeout and starve. Here the handler is off
-    for BEGIN and the wait retries every 0.05-1 ms until BUSY_TIMEOUT_MS.
+    while the write lock is taken, and the wait retries every 0.05-1 ms until BUSY_TIMEOUT_MS.
     """
     conn.execute("PRAGMA busy_timeout = 0")
     try:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
+                return start()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise

@@ -116,8 +116,12 @@ class TaskQueue:
         """Queue one task durably; an idempotency key already used returns that task's id."""
         spec.validate()
         row = self._row(spec, self.clock())
-        with self.store.write() as conn:
-            task_id = _insert_one(conn, row, spec.idempotency_key)
+        if spec.idempotency_key is None:
+            task_id = self.store.write_one(_INSERT, row).lastrowid
+            assert task_id is not None
+        else:
+            with self.store.write() as conn:
+                task_id = _insert_one(conn, row, spec.idempotency_key)
         if self.on_submit is not None:
             self.on_submit()
         return task_id
