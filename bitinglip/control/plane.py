@@ -1,8 +1,8 @@
 """The ControlPlane façade: what the CLI, the console and the gateway call.
 
 `open_control_plane(profile)` opens the profile's state database. Any number of processes may
-open it: they read, submit and cancel. One of them at a time runs the control loop (`serve`, or
-`embedded()` for the duration of one command), which holds the controller lease.
+open it: they read, submit and cancel. One of them at a time runs the control loop (`bitinglip
+up`, or `embedded()` for the duration of one command), which holds the controller lease.
 """
 
 from __future__ import annotations

@@ -91,6 +91,15 @@ _INSERT = (
     " job_id, line_no, custom_id, max_attempts, retry_on_error, run_after, created_at)"
     " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The same for a JSON array of [kind, priority, payload, model, host, labels, job_id, line_no,
+# custom_id, max_attempts, retry_on_error] rows (`->` keeps JSON text, `->>` gives SQL values).
+_INSERT_MANY = (
+    "INSERT INTO tasks (kind, state, priority, payload, model, host, labels, idempotency_key,"
+    " job_id, line_no, custom_id, max_attempts, retry_on_error, run_after, created_at)"
+    " SELECT value->>0, 'queued', value->>1, value->2, value->>3, value->>4, value->>5, NULL,"
+    " value->>6, value->>7, value->>8, value->>9, value->>10, ?1, ?1 FROM json_each(?2)"
+    " ORDER BY key"
+)
 
 
 class TaskQueue:
@@ -154,13 +163,32 @@ class TaskQueue:
         for spec in specs:
             spec.validate()
         now = self.clock()
-        rows = [self._row(spec, now) for spec in specs]
-        if len(rows) == 1 or any(spec.idempotency_key for spec in specs):
-            keys = [spec.idempotency_key for spec in specs]
-            return [_insert_one(conn, row, key) for row, key in zip(rows, keys, strict=True)]
-        conn.executemany(_INSERT, rows)
+        if len(specs) == 1 or any(spec.idempotency_key for spec in specs):
+            return [_insert_one(conn, self._row(s, now), s.idempotency_key) for s in specs]
+        # Many rows: one statement over a JSON array, so the per-row work happens in SQLite's C
+        # (about 1.4x executemany). Rows get consecutive ids under the write lock.
+        default_attempts = self.config.max_attempts
+        doc = _dumps(
+            [
+                [
+                    s.kind,
+                    s.priority,
+                    s.payload,
+                    s.model,
+                    s.host,
+                    dict(s.labels) if s.labels else None,
+                    s.job_id,
+                    s.line_no,
+                    s.custom_id,
+                    s.max_attempts or default_attempts,
+                    int(s.retry_on_error),
+                ]
+                for s in specs
+            ]
+        )
+        cur = conn.execute(_INSERT_MANY, (now, doc))
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-        return list(range(last - len(rows) + 1, last + 1))
+        return list(range(last - cur.rowcount + 1, last + 1))
 
     def _row(self, spec: TaskSpec, now: float) -> tuple[Any, ...]:
         return (
