@@ -98,7 +98,6 @@ _INSERT_MANY = (
     " job_id, line_no, custom_id, max_attempts, retry_on_error, run_after, created_at)"
     " SELECT value->>0, 'queued', value->>1, value->2, value->>3, value->>4, value->>5, NULL,"
     " value->>6, value->>7, value->>8, value->>9, value->>10, ?1, ?1 FROM json_each(?2)"
-    " ORDER BY key"
 )
 
 
