@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-CHUNK_EVERY_S = 0.02
+CHUNK_EVERY_S = 0.05
 PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
 
 _out_lock = threading.Lock()

@@ -34,6 +34,7 @@ class Doorbell:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(_address(self.name))
         self._sock.setblocking(False)
+        self._rung = False
 
     def wait(self, timeout: float) -> bool:
         """Sleep until rung or `timeout` seconds pass; True when rung. Drains pending rings."""
@@ -45,9 +46,16 @@ class Doorbell:
                 rung = True
             except BlockingIOError:
                 break
+        # After draining: a ring coalesced before this point committed its work before the loop
+        # goes on to look for work; any ring from here on is sent.
+        self._rung = False
         return rung
 
     def ring(self) -> None:
+        """Wake the loop from this process; coalesced while an earlier ring is not yet seen."""
+        if self._rung:
+            return
+        self._rung = True
         ring(self.name)
 
     def close(self) -> None:
