@@ -261,7 +261,7 @@ def _proc_meminfo() -> dict[str, int]:
                     if len(found) == len(wanted):
                         break
     except (OSError, ValueError, IndexError):
-        pass
+        return found  # no /proc (not Linux) or an odd line: what was read; the rest is NA
     return found
 
 

@@ -147,48 +147,46 @@ class ControlPlane:
         When the task is run again (a retry), its output starts over: `on_rerun` is called and
         the new run's output follows from its start.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seq, version, token, quiet = 0, -1, None, 0
-        while True:
-            seen = self._commits()
-            current = self.store.data_version()
-            quiet = 0 if current != version else quiet + 1
-            if current != version:
-                version = current
-                task = self.task(task_id)  # before the rows: rows stored with the end are read
-                if token is not None and task.lease_token != token and seq > 0:
-                    seq = 0
-                    if on_rerun is not None:
-                        on_rerun()
-                token = task.lease_token
-                rows = self.store.conn.execute(
-                    "SELECT seq, data FROM task_output WHERE task_id = ? AND seq > ? ORDER BY seq",
-                    (task_id, seq),
-                ).fetchall()
-                for row_seq, data in rows:
-                    seq = row_seq
-                    yield data
-                if task.state in TERMINAL:
-                    return
-            if deadline is not None and time.monotonic() > deadline:
+        seq, token = 0, None
+        for _ in self._each_change(timeout):
+            task = self.task(task_id)  # before the rows: rows stored with the end are read
+            if token is not None and task.lease_token != token and seq > 0:
+                seq = 0
+                if on_rerun is not None:
+                    on_rerun()
+            token = task.lease_token
+            rows = self.store.conn.execute(
+                "SELECT seq, data FROM task_output WHERE task_id = ? AND seq > ? ORDER BY seq",
+                (task_id, seq),
+            ).fetchall()
+            for row_seq, data in rows:
+                seq = row_seq
+                yield data
+            if task.state in TERMINAL:
                 return
-            self._sleep_until_change(quiet, seen)
 
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Block until the task is in a terminal state (or `timeout` passes); return it."""
+        for _ in self._each_change(timeout):
+            task = self.task(task_id)
+            if task.state in TERMINAL:
+                return task
+        return self.task(task_id)
+
+    def _each_change(self, timeout: float | None) -> Iterator[None]:
+        """Yield now, then after each commit to the database, until `timeout` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         version, quiet = -1, 0
         while True:
             seen = self._commits()
             current = self.store.data_version()
-            quiet = 0 if current != version else quiet + 1
             if current != version:
-                version = current
-                task = self.task(task_id)
-                if task.state in TERMINAL:
-                    return task
+                version, quiet = current, 0
+                yield
+            else:
+                quiet += 1
             if deadline is not None and time.monotonic() >= deadline:
-                return self.task(task_id)
+                return
             self._sleep_until_change(quiet, seen)
 
     def _commits(self) -> int:
