@@ -14,6 +14,9 @@ TO_AGENT = frozenset({"run", "cancel", "load", "unload", "pull", "ping", "shutdo
 # Agent -> control plane.
 FROM_AGENT = frozenset({"hello", "telemetry", "event", "result", "error", "pong"})
 
+# Task kinds that need a model (and llama_cpp on the host).
+MODEL_KINDS = ("generate", "chat", "embed")
+
 # Longest line either side accepts; a longer one is answered with an error and skipped.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from bitinglip_agent import __version__, protocol
-from bitinglip_agent.protocol import FROM_AGENT, TO_AGENT, ProtocolError
+from bitinglip_agent.protocol import MODEL_KINDS, TO_AGENT, ProtocolError
 
 # Task kinds this agent runs, and those that need a model.
 KINDS = ("echo", "generate", "chat", "embed")
-MODEL_KINDS = ("generate", "chat", "embed")
 
 
 @dataclass(frozen=True)
@@ -149,10 +148,3 @@ class Agent:
 
             self._runners = Runners(self)
         return self._runners
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-
-__all__ = ["FROM_AGENT", "Agent", "AgentOptions"]

@@ -47,10 +47,6 @@ class ControlLoop:
         self._stop.set()
         self.doorbell.ring()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, on_state: Callable[[str], None] | None = None) -> None:
         """Become the controller (waiting as an observer while another holds it), then serve.
 

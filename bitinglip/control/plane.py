@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bitinglip_agent.protocol import MODEL_KINDS
+
 from bitinglip.config import Profile
 from bitinglip.control import controller, doorbell, jobs, models, task_views
 from bitinglip.control.db import Store, open_store
@@ -22,8 +24,6 @@ from bitinglip.control.loop import ControlLoop
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
 from bitinglip.errors import InputError
-
-MODEL_KINDS = ("generate", "chat", "embed")
 
 
 class ControlPlane:

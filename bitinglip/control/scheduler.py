@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +58,6 @@ class Dispatcher:
         self._beat_at = 0.0
         self._flush_at = 0.0
         self.accepting = True
-        self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -72,7 +72,7 @@ class AgentSession:
             return ()
         kinds = tuple(self.hello.get("kinds", ()))
         if not self.hello.get("capabilities", {}).get("llama_cpp"):
-            kinds = tuple(k for k in kinds if k not in ("generate", "chat", "embed"))
+            kinds = tuple(k for k in kinds if k not in protocol.MODEL_KINDS)
         return kinds
 
     def run(self, runs: list[tuple[int, int, str, dict[str, Any]]]) -> None:
@@ -90,9 +90,6 @@ class AgentSession:
 
     def cancel(self, run_id: str) -> None:
         self.transport.send(protocol.encode("cancel", run_id))
-
-    def ping(self) -> None:
-        self.transport.send(protocol.encode("ping", f"ping.{time.monotonic()}"))
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.transport.send(protocol.encode("shutdown"))

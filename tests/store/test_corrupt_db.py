@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import sqlite3
 import struct
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,25 +21,9 @@ import pytest
 
 from bitinglip.control.db import open_store
 from bitinglip.errors import StoreError
-
-BIN = Path(sys.executable).parent
-COMMAND = (
-    [str(BIN / "bitinglip")]
-    if (BIN / "bitinglip").exists()
-    else [sys.executable, "-m", "bitinglip"]
-)
+from tests.cli.conftest import COMMAND, hermetic_env
 
 Snapshot = dict[str, tuple[str, int, int]]
-
-
-def hermetic_env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")}
-    env.update(
-        HOME=str(root / "home"),
-        XDG_CONFIG_HOME=str(root / "xdg-config"),
-        XDG_DATA_HOME=str(root / "xdg-data"),
-    )
-    return env
 
 
 def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
