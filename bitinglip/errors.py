@@ -47,3 +47,15 @@ class StaleLeaseError(StateError):
 
 class ControllerBusyError(BitinglipError):
     """Another process holds the controller lease."""
+
+
+class SshError(BitinglipError):
+    """A host cannot be reached, trusted or logged into over SSH, or a remote step failed.
+
+    `reason` is a stable word for health signals and tests: refused, timeout, unreachable,
+    unknown_host_key, changed_host_key, auth, no_key, remote, channel.
+    """
+
+    def __init__(self, message: str, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,4 +1,8 @@
-"""`python -m bitinglip_agent`: the agent, speaking the protocol on stdin/stdout."""
+"""`python -m bitinglip_agent`: the agent, speaking the protocol on stdin/stdout.
+
+`--daemon --socket PATH` runs it detached instead, reachable on a Unix socket (what SSH hosts
+run; see daemon.py), and `--attach PATH` relays stdin/stdout to such a daemon.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-unload-s", type=float, default=300.0, help="unload idle models")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads; 0 = auto")
     parser.add_argument("--gpu-layers", type=int, default=-1, help="layers on GPU; -1 = all")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--daemon", action="store_true", help="run detached on --socket")
+    mode.add_argument("--attach", metavar="SOCKET", help="relay stdio to the daemon at SOCKET")
+    parser.add_argument("--socket", help="the daemon's Unix socket path")
+    parser.add_argument(
+        "--detached-exit-s", type=float, default=600.0, help="exit when detached and idle this long"
+    )
     args = parser.parse_args(argv)
     options = AgentOptions(
         host_name=args.host_name,
@@ -25,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         gpu_layers=args.gpu_layers,
     )
+    if args.attach:
+        from bitinglip_agent import daemon
+
+        return daemon.attach(args.attach)
+    if args.daemon:
+        from bitinglip_agent import daemon
+
+        if not args.socket:
+            parser.error("--daemon needs --socket PATH")
+        return daemon.start(args.socket, options, args.detached_exit_s)
     return Agent(sys.stdin.buffer, sys.stdout.buffer, options).serve()
 
 

@@ -10,7 +10,7 @@ from typing import IO, Any
 PROTOCOL_VERSION = 1
 
 # Control plane -> agent.
-TO_AGENT = frozenset({"run", "cancel", "load", "unload", "pull", "ping", "shutdown"})
+TO_AGENT = frozenset({"run", "cancel", "load", "unload", "pull", "ping", "shutdown", "configure"})
 # Agent -> control plane.
 FROM_AGENT = frozenset({"hello", "telemetry", "event", "result", "error", "pong"})
 

@@ -94,6 +94,12 @@ class Runners:
             runners = list(self._runners.values())
         return any(r.cancel(run_id) for r in runners)
 
+    def active(self) -> list[str]:
+        """Run ids queued or running here."""
+        with self._lock:
+            runners = list(self._runners.values())
+        return [run_id for runner in runners for run_id in runner.pending()]
+
     def unload(self, path: str) -> int:
         with self._lock:
             gone = [r for (p, _), r in self._runners.items() if p == path]
@@ -148,6 +154,10 @@ class ModelRunner:
             if self._current is request and self._child is not None:
                 self._write({"op": "cancel", "id": run_id})
         return True
+
+    def pending(self) -> list[str]:
+        with self._child_lock:
+            return list(self._pending)
 
     def stop(self) -> None:
         """Stop taking requests, cancel the running one; pending ones fail as agent_stopping."""

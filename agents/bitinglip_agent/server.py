@@ -7,6 +7,7 @@ interleave. Nothing here waits on inference: a `run` is queued and answered late
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -18,6 +19,10 @@ from bitinglip_agent.protocol import MODEL_KINDS, TO_AGENT, ProtocolError
 
 # Task kinds this agent runs, and those that need a model.
 KINDS = ("echo", "generate", "chat", "embed")
+# A re-attachable agent keeps its last results to send again after a dropped connection (the
+# control plane ignores those it has), and the output events it could not send while detached.
+REPLAY_LINES = 4096
+HELD_BYTES_MAX = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,34 +36,89 @@ class AgentOptions:
 
 
 class Agent:
-    def __init__(self, rfile: BinaryIO, wfile: BinaryIO, options: AgentOptions) -> None:
+    """Speaks the protocol over (rfile, wfile). With `reattachable`, a failed write detaches
+    instead of stopping: results are kept for the next connection (`daemon.py`)."""
+
+    def __init__(
+        self,
+        rfile: BinaryIO,
+        wfile: BinaryIO | None,
+        options: AgentOptions,
+        *,
+        reattachable: bool = False,
+    ) -> None:
         self.rfile = rfile
         self.wfile = wfile
         self.options = options
+        self.reattachable = reattachable
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._runners: Any = None  # bitinglip_agent.runners.Runners, made on first model task
+        self._replay: collections.deque[bytes] = collections.deque(maxlen=REPLAY_LINES)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._secrets: dict[str, str] = {}
 
     # -- output ----------------------------------------------------------------------------
 
     def send(self, msg_type: str, msg_id: str | None = None, **fields: Any) -> None:
         line = protocol.encode(msg_type, msg_id, **fields)
         with self._write_lock:
+            if self.reattachable and msg_type in ("result", "error") and msg_id is not None:
+                self._replay.append(line)
+            if self.wfile is None:
+                self._hold(msg_type, line)
+                return
             try:
                 self.wfile.write(line)
                 self.wfile.flush()
-            except (BrokenPipeError, ValueError):
-                self._stop.set()  # the control plane went away
+            except (OSError, ValueError):
+                if not self.reattachable:
+                    self._stop.set()  # the control plane went away
+                    return
+                self.wfile = None  # detached: the next connection gets what follows
+                self._hold(msg_type, line)
+
+    def _hold(self, msg_type: str, line: bytes) -> None:
+        """Keep an output event for the next connection (results are in the replay ring)."""
+        if msg_type == "event" and self._held_bytes + len(line) <= HELD_BYTES_MAX:
+            self._held.append(line)
+            self._held_bytes += len(line)
+
+    def attach(self, wfile: BinaryIO) -> bool:
+        """Make `wfile` the connection: send it the kept lines, then `hello`. False if it broke."""
+        with self._write_lock:
+            lines = [*self._replay, *self._held, self._hello_line()]
+            try:
+                wfile.write(b"".join(lines))
+                wfile.flush()
+            except (OSError, ValueError):
+                return False
+            self._held, self._held_bytes = [], 0
+            self.wfile = wfile
+        return True
+
+    def detach(self, wfile: BinaryIO) -> None:
+        with self._write_lock:
+            if self.wfile is wfile:
+                self.wfile = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def active_runs(self) -> list[str]:
+        return [] if self._runners is None else self._runners.active()
 
     def error(self, msg_id: str | None, code: str, message: str) -> None:
         self.send("error", msg_id, code=code, message=message, retryable=code in protocol.RETRYABLE)
 
     # -- the loop --------------------------------------------------------------------------
 
-    def serve(self) -> int:
+    def _hello_line(self) -> bytes:
         from bitinglip_agent import telemetry
 
-        self.send(
+        return protocol.encode(
             "hello",
             version=__version__,
             protocol=protocol.PROTOCOL_VERSION,
@@ -67,21 +127,41 @@ class Agent:
             capabilities=telemetry.capabilities(),
             kinds=list(KINDS),
             name=self.options.host_name,
+            model_dir=self.options.model_dir
+            and os.path.abspath(os.path.expanduser(self.options.model_dir)),
+            models=telemetry.model_files(self.options.model_dir),
+            runs=self.active_runs(),
         )
+
+    def serve(self) -> int:
+        """Serve stdin/stdout until EOF or `shutdown`."""
+        wfile, self.wfile = self.wfile, None
+        if wfile is not None:
+            self.attach(wfile)
+        self.start_telemetry()
+        try:
+            self.read_from(self.rfile)
+        finally:
+            self.stop()
+        return 0
+
+    def start_telemetry(self) -> None:
         if self.options.telemetry_interval > 0:
             threading.Thread(target=self._telemetry, name="telemetry", daemon=True).start()
-        try:
-            while not self._stop.is_set():
-                line = protocol.read_line(self.rfile)
-                if line is None:
-                    break
-                if line.strip():
-                    self._handle(line)
-        finally:
-            self._stop.set()
-            if self._runners is not None:
-                self._runners.stop_all()
-        return 0
+
+    def read_from(self, rfile: BinaryIO) -> None:
+        """Handle lines from `rfile` until EOF or `shutdown`."""
+        while not self._stop.is_set():
+            line = protocol.read_line(rfile)
+            if line is None:
+                break
+            if line.strip():
+                self.handle_line(line)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._runners is not None:
+            self._runners.stop_all()
 
     def _telemetry(self) -> None:
         from bitinglip_agent import telemetry
@@ -91,13 +171,14 @@ class Agent:
         next_at = time.monotonic()
         try:
             while not self._stop.is_set():
-                self.send("telemetry", snapshot=sampler.snapshot())
+                if self.wfile is not None:  # nobody to tell while detached
+                    self.send("telemetry", snapshot=sampler.snapshot())
                 next_at += interval
                 self._stop.wait(max(next_at - time.monotonic(), 0.0))
         finally:
             sampler.close()
 
-    def _handle(self, line: bytes) -> None:
+    def handle_line(self, line: bytes) -> None:
         try:
             msg = protocol.decode(line, TO_AGENT)
         except ProtocolError as exc:
@@ -119,6 +200,15 @@ class Agent:
 
     def _on_shutdown(self, msg: dict[str, Any]) -> None:
         self._stop.set()
+
+    def _on_configure(self, msg: dict[str, Any]) -> None:
+        """Secrets (the HF token) arrive here, over the channel: kept in memory, never logged."""
+        secrets = msg.get("secrets") or {}
+        self._secrets = {str(k): str(v) for k, v in secrets.items()}
+        self.send("result", msg.get("id"), result={"configured": sorted(self._secrets)})
+
+    def secret(self, name: str) -> str | None:
+        return self._secrets.get(name)
 
     def _on_run(self, msg: dict[str, Any]) -> None:
         run_id = str(msg["id"])

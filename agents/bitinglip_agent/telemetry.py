@@ -39,6 +39,17 @@ def host_facts() -> dict[str, Any]:
     }
 
 
+def model_files(model_dir: str | None) -> list[str]:
+    """The names of the GGUF files in `model_dir` (without `.gguf`), for `hello`."""
+    if not model_dir:
+        return []
+    try:
+        names = os.listdir(os.path.expanduser(model_dir))
+    except OSError:
+        return []
+    return sorted(n[: -len(".gguf")] for n in names if n.endswith(".gguf"))
+
+
 class Sampler:
     """Takes snapshots of one host: CPU, memory, disk of `model_dir`, uptime and NVIDIA GPUs.
 

@@ -33,7 +33,12 @@ class LocalTransport:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def start(self, on_line: LineHandler, on_close: CloseHandler) -> None:
+    def start(
+        self,
+        on_line: LineHandler,
+        on_close: CloseHandler,
+        on_detach: CloseHandler | None = None,  # a pipe never re-attaches: unused
+    ) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(
             self.argv,

@@ -1,6 +1,6 @@
 """The controller's loop: holds the controller lease, runs the reaper, checkpoints the WAL, and
-dispatches work: to the local agent when the profile has a local host, else (`echo` only) in
-process.
+dispatches work to the hosts' agents (local and SSH), or, for a profile with no hosts, runs
+`echo` in process.
 
 It sleeps on its doorbell until new work is committed, an agent says something, a retry comes
 due, a lease needs renewing or the reaper is due; it never polls the queue in a tight loop.
@@ -40,7 +40,7 @@ class ControlLoop:
         self.is_controller = threading.Event()
         self._stop = threading.Event()
         self.dispatcher: Dispatcher | None = None
-        if any(h.kind == "local" for h in profile.hosts):
+        if profile.hosts:
             self.dispatcher = Dispatcher(profile, self.owner, self.doorbell.ring)
 
     def stop(self) -> None:

@@ -1,8 +1,12 @@
-"""AgentSession: the protocol client over one transport (a local pipe now, SSH later).
+"""AgentSession: the protocol client over one transport (a local pipe, or an SSH channel).
 
 The transport's reader thread hands every decoded message to the session's inbox callback; the
 controller loop, the one thread that owns the database, drains the inbox. A session knows which
 runs it has in flight and when it last heard from its agent.
+
+An SSH transport can detach (the connection dropped) and re-attach later: the session and its
+runs in flight stay; it is not `ready` until the agent's next `hello`, which lists the runs the
+agent still has (see Dispatcher._reattached).
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from bitinglip_agent.protocol import FROM_AGENT, ProtocolError
 class Transport(Protocol):
     name: str
 
-    def start(self, on_line: Callable[[bytes], None], on_close: Callable[[str], None]) -> None: ...
+    def start(
+        self,
+        on_line: Callable[[bytes], None],
+        on_close: Callable[[str], None],
+        on_detach: Callable[[str], None] | None = None,
+    ) -> None: ...
     def send(self, data: bytes) -> bool: ...
     def close(self, timeout: float = 5.0) -> None: ...
 
@@ -54,13 +63,17 @@ class AgentSession:
         self.number = next(self._ids)
         self.hello: dict[str, Any] | None = None
         self.telemetry: dict[str, Any] | None = None
+        self.telemetry_at: float | None = None  # this machine's wall clock when it came
         self.last_seen = time.monotonic()
         self.inflight: dict[str, Inflight] = {}
         self.closed = False
         self.close_reason = ""
+        self.detached_reason = ""
+        self.started_at = time.monotonic()
+        self.hello_at: float | None = None
 
     def start(self) -> None:
-        self.transport.start(self._on_line, self._on_close)
+        self.transport.start(self._on_line, self._on_close, self._on_detach)
 
     @property
     def ready(self) -> bool:
@@ -103,8 +116,13 @@ class AgentSession:
             msg = {"type": "protocol_error", "code": exc.code, "message": str(exc)}
         if msg["type"] == "telemetry":
             self.telemetry = msg.get("snapshot")
+            self.telemetry_at = time.time()
             return  # kept on the session; not the loop's business
         self.inbox(Incoming(self, msg))
+
+    def _on_detach(self, reason: str) -> None:
+        self.detached_reason = reason
+        self.inbox(Incoming(self, {"type": "detached", "reason": reason}))
 
     def _on_close(self, reason: str) -> None:
         self.closed = True

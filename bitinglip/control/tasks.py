@@ -218,23 +218,31 @@ class TaskQueue:
         host: str | None = None,
         labels: Mapping[str, str] | None = None,
         lease_s: float | None = None,
+        models: Iterable[str] | None = None,
     ) -> list[Claim]:
         """Lease up to `limit` ready tasks, highest priority first, to `owner`.
 
         A task pinned to a host is only claimed by a runner serving that host; a task asking for
-        labels only by a runner whose labels include them.
+        labels only by a runner whose labels include them; with `models`, a task naming a model
+        only when it is one of them.
         """
         kinds = tuple(kinds)
         now = self.clock()
         expires = now + (lease_s or self.config.lease_ttl_s)
+        have = () if models is None else tuple(models)
+        only_models = (
+            ""
+            if models is None
+            else f" AND (model IS NULL OR model IN ({','.join('?' * len(have))}))"
+        )
         sql = (
             "SELECT id, attempt, lease_token FROM tasks INDEXED BY tasks_ready"
             " WHERE state = 'queued' AND run_after <= ?"
             f" AND kind IN ({','.join('?' * len(kinds))})"
             " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
-            " ORDER BY priority DESC, id LIMIT ?"
+            f"{only_models} ORDER BY priority DESC, id LIMIT ?"
         )
-        args = (now, *kinds, host, json.dumps(dict(labels or {})), limit)
+        args = (now, *kinds, host, json.dumps(dict(labels or {})), *have, limit)
         # A read first: an empty queue costs no write lock (submitters never wait on idle polls).
         if not self.store.conn.execute(sql, (*args[:-1], 1)).fetchone():
             return []
