@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export CMAKE_ARGS
 
-.PHONY: setup run check bench clean
+.PHONY: setup sshd run check bench clean
 
 $(BIN)/.installed: pyproject.toml agents/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,20 @@ $(BIN)/.installed: pyproject.toml agents/pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The SSH tests start real OpenSSH servers on 127.0.0.1 (tests/ssh/sshd.py); a fresh machine may
+# lack one. Debian/Ubuntu: installed with apt-get, through sudo unless we are root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sshd:
+	@test -x /usr/sbin/sshd && command -v ssh-keygen >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server; }
+
 # The embedded default: this machine is the only host, the demo model, nothing else running.
 run: setup
 	$(BIN)/bitinglip run gemma-3-270m "Why is the sky blue?" --max-tokens 64
 	$(BIN)/bitinglip status
 
-check: setup
+check: setup sshd
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
