@@ -10,7 +10,11 @@ messages arrive through an inbox that rings the loop's doorbell. Per step:
   kinds up to the host's max_concurrency) and send it;
 - keep leases alive while an agent reports; forward cancel requests; restart dead agents.
 
-Placement today: a task goes to the local host's agent (the only host kind so far).
+Placement: every host with an attached agent takes tasks up to its free slots, hosts in turn
+(a rotating start, so work spreads), honouring a task's host and labels; an SSH host takes a
+model task only when the model's file is in its model dir (its `hello` lists them). An SSH host
+whose connection drops keeps its runs: the agent goes on working, and on re-attach its `hello`
+says which runs it still has; the others (and only they) go back to the queue.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from typing import Any
 
 from bitinglip_agent.protocol import RETRYABLE
 
+from bitinglip.agent_bundle import Bundle
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import models
+from bitinglip.control import hosts, models
 from bitinglip.control.local import LocalTransport
-from bitinglip.control.sessions import AgentSession, Incoming, Inflight
+from bitinglip.control.sessions import AgentSession, Incoming, Inflight, Transport
 from bitinglip.control.tasks import Claim, TaskQueue
+from bitinglip.control.telemetry_ring import TelemetryRing
 from bitinglip.errors import BitinglipError
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ LIGHT_SLOTS = 256
 OUTPUT_FLUSH_S = 0.05
 RESTART_BACKOFF_S = (0.5, 30.0)
 SILENT_AFTER_S = 10.0  # an agent quiet this long (telemetry is 1 Hz) no longer keeps leases
+WATCH_EVERY_S = 1.0  # health and telemetry history are written this often (one commit each)
 
 
 @dataclass
@@ -53,24 +60,35 @@ class Dispatcher:
         self.profile = profile
         self.owner = owner
         self.wake = wake
-        self.agents = [HostAgent(h) for h in profile.hosts if h.kind == "local"]
+        self.agents = [HostAgent(h) for h in profile.hosts]
         self._inbox: collections.deque[Incoming] = collections.deque()
         self._beat_at = 0.0
         self._flush_at = 0.0
+        self._turn = 0
+        self._bundle: Bundle | None = None
         self.accepting = True
+        self.silent_after_s = min(SILENT_AFTER_S, profile.queue.lease_ttl_s)
+        self.tracker = hosts.HealthTracker()
+        self.ring = TelemetryRing()
+        self.health: dict[str, hosts.HostHealth] = {}
+        self._watch_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _start(self, agent: HostAgent) -> None:
-        args = [
-            "--host-name",
-            agent.host.name,
-            "--model-dir",
-            str(agent.host.model_dir or models.models_dir(self.profile)),
-        ]
-        transport = LocalTransport(agent.host.name, args)
-        agent.session = AgentSession(agent.host.name, transport, self._receive)
+        agent.session = AgentSession(agent.host.name, self._transport(agent.host), self._receive)
         agent.session.start()
+
+    def _transport(self, host: HostConfig) -> Transport:
+        if host.kind == "ssh":
+            from bitinglip.control import bootstrap  # asyncssh: only when a host needs it
+            from bitinglip.control.remote import RemoteTransport
+
+            if self._bundle is None:
+                self._bundle = bootstrap.local_bundle(self.profile)
+            return RemoteTransport(self.profile, host, self._bundle)
+        model_dir = host.model_dir or models.models_dir(self.profile)
+        return LocalTransport(host.name, ["--host-name", host.name, "--model-dir", str(model_dir)])
 
     def _receive(self, incoming: Incoming) -> None:
         self._inbox.append(incoming)  # deque.append is thread-safe
@@ -101,33 +119,86 @@ class Dispatcher:
         """Do what is due; True when something happened (the loop then goes round again)."""
         now = time.monotonic()
         busy = self._handle_inbox(queue)
-        for agent in self.agents:
+        self._turn = (self._turn + 1) % max(len(self.agents), 1)
+        for agent in self.agents[self._turn :] + self.agents[: self._turn]:
             if agent.session is None and self.accepting and now >= agent.restart_at:
                 self._start(agent)
-            elif agent.session is not None and agent.session.ready and self.accepting:
-                busy |= self._fill(queue, agent.session)
+            elif (
+                agent.session is not None
+                and agent.session.ready
+                and self.accepting
+                and self._heartbeat_ok(agent.host.name)
+            ):
+                busy |= self._fill(queue, agent)
         if now >= self._flush_at:
             self._flush_output(queue, only_first=False)
             self._flush_at = now + OUTPUT_FLUSH_S
         if now >= self._beat_at:
             self._heartbeat(queue)
             self._beat_at = now + self.profile.queue.lease_ttl_s / 4
+        if now >= self._watch_at:
+            self._watch(queue)
+            self._watch_at = now + WATCH_EVERY_S
         return busy
+
+    # -- health and telemetry history -----------------------------------------------------
+
+    def _heartbeat_ok(self, name: str) -> bool:
+        """An attached agent whose heartbeat went bad (silent for seconds) gets no new work."""
+        health = self.health.get(name)
+        return health is None or health.signals["heartbeat"].state != hosts.BAD
+
+    def _watch(self, queue: TaskQueue) -> None:
+        now_wall, now = time.time(), time.monotonic()
+        observed, samples = [], []
+        for agent in self.agents:
+            observed.append(self.tracker.observe(self._observation(agent, now), now_wall))
+            session = agent.session
+            if session is not None and session.telemetry is not None:
+                samples.append((agent.host.name, session.telemetry))
+        self.health = {h.host: h for h in observed}
+        try:
+            hosts.save(queue.store, observed)
+            self.ring.record(queue.store, samples)
+        except BitinglipError as exc:
+            log.warning("host state not saved: %s", exc)
+
+    @staticmethod
+    def _observation(agent: HostAgent, now: float) -> hosts.HostObservation:
+        session, host = agent.session, agent.host
+        transport = None if session is None else session.transport
+        error = getattr(transport, "last_error", "") or (session.close_reason if session else "")
+        return hosts.HostObservation(
+            host=host.name,
+            connected=session is not None and session.ready,
+            error=error or None,
+            last_seen_age_s=None
+            if session is None or session.hello_at is None
+            else now - session.last_seen,
+            hello=None if session is None else session.hello,
+            telemetry=None if session is None else session.telemetry,
+            received_at=None if session is None else session.telemetry_at,
+            kind=host.kind,
+            address=None if host.address is None else f"{host.address}:{host.port}",
+        )
 
     def next_wake(self) -> float:
         """Seconds until a timer of this dispatcher is due."""
         now = time.monotonic()
-        due = [self._beat_at]
+        due = [self._beat_at, self._watch_at]
         if self.inflight:
             due.append(self._flush_at)
         due += [a.restart_at for a in self.agents if a.session is None]
         return max(min(due) - now, 0.0)
 
-    def _fill(self, queue: TaskQueue, session: AgentSession) -> bool:
+    def _fill(self, queue: TaskQueue, agent: HostAgent) -> bool:
+        session, host = agent.session, agent.host
+        assert session is not None and session.hello is not None
         kinds = session.kinds()
         light = [k for k in kinds if k in LIGHT_KINDS]
         heavy = [k for k in kinds if k not in LIGHT_KINDS]
-        host = next(a.host for a in self.agents if a.session is session)
+        # An SSH host runs the models whose files it has; this machine fetches any alias.
+        have = None if host.kind == "local" else session.hello.get("models", [])
         in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
         in_heavy = len(session.inflight) - in_light
         runs: list[tuple[int, int, str, dict[str, Any]]] = []
@@ -137,25 +208,34 @@ class Dispatcher:
         ):
             if not group or free <= 0:
                 continue
-            for claim in queue.claim(
-                self.owner, limit=free, kinds=group, host=host.name, labels=dict(host.labels)
-            ):
-                task = self._task(queue, claim)
+            claims = queue.claim(
+                self.owner,
+                limit=free,
+                kinds=group,
+                host=host.name,
+                labels=dict(host.labels),
+                models=have,
+            )
+            for claim in claims:
+                task = self._task(queue, claim, agent)
                 if task is not None:
                     runs.append((claim.task_id, claim.token, claim.kind, task))
         if not runs:
             return False
         try:
             session.run(runs)
-        except ConnectionError as exc:
-            for task_id, token, _, _ in runs:
-                queue.fail(task_id, token, str(exc), retryable=True, kind="agent_lost")
+        except ConnectionError as exc:  # it never reached the agent: no attempt is spent
+            queue.release([(task_id, token) for task_id, token, _, _ in runs], str(exc))
         return True
 
-    def _task(self, queue: TaskQueue, claim: Claim) -> dict[str, Any] | None:
+    def _task(self, queue: TaskQueue, claim: Claim, agent: HostAgent) -> dict[str, Any] | None:
         """The `run` message's task, or None when its model cannot be had (task failed)."""
         task: dict[str, Any] = {"id": claim.task_id, "kind": claim.kind, "payload": claim.payload}
-        if claim.model is not None:
+        hello = agent.session.hello if agent.session is not None else None
+        if claim.model is not None and agent.host.kind == "ssh" and hello is not None:
+            path = f"{hello.get('model_dir')}/{claim.model}.gguf"
+            task["model"] = {"name": claim.model, "path": path}
+        elif claim.model is not None:
             try:
                 task["model"] = models.ensure_local(self.profile, claim.model).to_task()
             except BitinglipError as exc:
@@ -198,7 +278,12 @@ class Dispatcher:
         run = session.inflight.get(str(msg.get("id")))
         if kind == "hello":
             session.hello = msg
+            session.hello_at = time.monotonic()
             self._agent_of(session).backoff = 0.0
+            self._reattached(queue, session, msg)
+        elif kind == "detached":
+            session.hello = None  # not ready until the agent says hello again
+            log.warning("agent %s detached: %s", session.host, msg.get("reason"))
         elif kind == "event" and run is not None and msg.get("kind") == "output":
             run.output.append(str(msg.get("data", "")))
         elif kind == "result" and run is not None:
@@ -248,6 +333,28 @@ class Dispatcher:
                 "agent %s lost (%s); restarting in %.1fs", session.host, reason, agent.backoff
             )
 
+    def _reattached(
+        self, queue: TaskQueue, session: AgentSession, hello: dict[str, object]
+    ) -> None:
+        """After a (re-)attach: runs the agent no longer has are lost (its results, if any, came
+        before this hello); runs it has that we do not know of are canceled."""
+        runs = hello.get("runs")
+        active = {str(r) for r in runs} if isinstance(runs, list) else set()
+        for run_id in [r for r in session.inflight if r not in active]:
+            run = session.inflight.pop(run_id)
+            try:
+                queue.fail(
+                    run.task_id,
+                    run.token,
+                    "agent lost the run (it restarted while detached)",
+                    retryable=True,
+                    kind="agent_lost",
+                )
+            except BitinglipError as exc:
+                log.warning("task %s: %s", run.task_id, exc)
+        for run_id in active - set(session.inflight):
+            session.cancel(run_id)
+
     def _agent_of(self, session: AgentSession) -> HostAgent:
         return next(a for a in self.agents if a.session is session or a.host.name == session.host)
 
@@ -277,7 +384,7 @@ class Dispatcher:
             session = agent.session
             if session is None or not session.inflight:
                 continue
-            if time.monotonic() - session.last_seen > SILENT_AFTER_S:
+            if time.monotonic() - session.last_seen > self.silent_after_s:
                 continue  # a silent agent does not keep its leases: they will expire
             by_task = {f.task_id: (run_id, f) for run_id, f in session.inflight.items()}
             beat = queue.heartbeat(self.owner, {t: f.token for t, (_, f) in by_task.items()})

@@ -10,7 +10,9 @@ apart). No option turns checking off.
 
 Authentication is by key only (the host's identity_file, else the ssh-agent and the default
 keys); password and keyboard-interactive are off, so nothing ever prompts. `~/.ssh/config` is
-read as OpenSSH would (Host aliases, HostName, User, Port, IdentityFile, ProxyJump).
+read as OpenSSH would (Host aliases, HostName, User, Port, IdentityFile, ProxyJump): a profile's
+address may be a Host alias, and its port (when 22, the default), user and identity_file (when
+unset) come from there.
 """
 
 from __future__ import annotations
@@ -115,23 +117,29 @@ def _recorded_keys(check: KeyCheck) -> Callable[[str, str, int | None], Any]:
     return lookup
 
 
-def _proxy(jump: str) -> tuple[str | None, str, int]:
-    user, _, rest = jump.rpartition("@")
+def jump_host(host: HostConfig) -> HostConfig | None:
+    """The proxy_jump of `host` (`[user@]address[:port]`) as a host of its own; it is trusted
+    and authenticated like any other (`bitinglip hosts trust NAME` trusts it first)."""
+    if not host.proxy_jump:
+        return None
+    user, _, rest = host.proxy_jump.rpartition("@")
     address, _, port = rest.partition(":")
-    return (user or None), address, int(port) if port.isdigit() else 22
+    return HostConfig(
+        name=host.name,
+        kind="ssh",
+        address=address,
+        port=int(port) if port.isdigit() else 22,
+        user=user or None,
+        identity_file=host.identity_file,
+    )
 
 
 async def connect(host: HostConfig, *, timeout: float = CONNECT_TIMEOUT_S) -> Any:
     """An authenticated connection to `host` (an asyncssh.SSHClientConnection), or SshError."""
     if host.address is None:
         raise SshError(f"host {host.name} has no address; set address in the profile")
-    tunnel = None
-    if host.proxy_jump:
-        user, address, port = _proxy(host.proxy_jump)
-        jump = HostConfig(
-            name=f"{host.name}-jump", kind="ssh", address=address, port=port, user=user
-        )
-        tunnel = await connect(jump, timeout=timeout)
+    jump = jump_host(host)
+    tunnel = None if jump is None else await _connect(jump, timeout, None)
     try:
         return await _connect(host, timeout, tunnel)
     except BaseException:
@@ -143,7 +151,6 @@ async def connect(host: HostConfig, *, timeout: float = CONNECT_TIMEOUT_S) -> An
 async def _connect(host: HostConfig, timeout: float, tunnel: Any) -> Any:
     check = KeyCheck()
     options: dict[str, Any] = {
-        "port": host.port,
         "known_hosts": _recorded_keys(check),
         "password_auth": False,
         "kbdint_auth": False,
@@ -154,6 +161,8 @@ async def _connect(host: HostConfig, timeout: float, tunnel: Any) -> Any:
         "keepalive_count_max": KEEPALIVE_COUNT,
         "encryption_algs": ENCRYPTION_ALGS + _other_encryption_algs(),
     }
+    if host.port != 22:  # else ~/.ssh/config's Port for this name, or 22
+        options["port"] = host.port
     if host.user:
         options["username"] = host.user
     if host.identity_file is not None:
@@ -243,12 +252,29 @@ def _auth_failure(host: HostConfig) -> str:
 
 
 async def offered_key(host: HostConfig, *, timeout: float = CONNECT_TIMEOUT_S) -> KeyCheck:
-    """The key the host offers and what is on record for it (for `hosts trust`)."""
+    """The key the host offers and what is on record for it (for `hosts trust`). Behind a
+    proxy_jump whose own key is not trusted yet, that jump host's key comes first."""
+    jump = jump_host(host)
+    tunnel = None
+    if jump is not None:
+        first = await offered_key(jump, timeout=timeout)
+        if first.offered is not None:
+            return first
+        tunnel = await _connect(jump, timeout, None)
+    try:
+        return await _offered_key(host, timeout, tunnel)
+    finally:
+        if tunnel is not None:
+            tunnel.close()
+
+
+async def _offered_key(host: HostConfig, timeout: float, tunnel: Any) -> KeyCheck:
     check = KeyCheck()
     try:
         conn = await asyncssh.connect(
             host.address or "",
-            port=host.port,
+            **({"port": host.port} if host.port != 22 else {}),
+            **({"tunnel": tunnel} if tunnel is not None else {}),
             known_hosts=_recorded_keys(check),
             client_factory=lambda: _Client(check),
             password_auth=False,
@@ -311,6 +337,10 @@ async def run(
             )
             return Completed(done.exit_status or 0, done.stdout or b"", done.stderr or b"")
         return await asyncio.wait_for(_stream(conn, argv, on_output), timeout)
+    except TimeoutError:
+        raise SshError(
+            f"running {argv[0]} on the host did not finish within {timeout:g} s", "timeout"
+        ) from None
     except (OSError, asyncssh.Error) as exc:
         raise SshError(f"running {argv[0]} on the host failed: {exc}", "channel") from None
 
@@ -435,3 +465,76 @@ async def open_command_channel(conn: Any, argv: Sequence[str], channel: LineChan
         await conn.create_session(lambda: channel, command_line(argv), encoding=None)
     except (OSError, asyncssh.Error) as exc:
         raise SshError(f"starting {argv[0]} on the host failed: {exc}", "channel") from None
+
+
+async def raw_echo_rate(
+    conn: Any,
+    argv: Sequence[str],
+    n: int,
+    window: int,
+    *,
+    refill: int = 1,
+    line: Callable[[int], bytes] = lambda i: b'{"i":%d}\n' % i,
+    timeout: float = 60.0,
+) -> float:
+    """Lines/s through a bare exec channel: the baseline of `bitinglip bench fleet`.
+
+    `argv` runs on the host; it must print one line when it is ready, then answer each line it
+    reads with one line. After the ready line, `line(0)` .. `line(n - 1)` are written with at most
+    `window` unanswered, topped up from the receive callback in one write once `refill` lines (or
+    all that are left) can go. The rate is n over the time from the first write to the n-th
+    answer (the remote start is not timed).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+
+    class Echo(asyncssh.SSHClientSession[bytes]):
+        def __init__(self) -> None:
+            self.chan: Any = None
+            self.partial = b""
+            self.started = 0.0
+            self.sent = self.got = 0
+
+        def connection_made(self, chan: Any) -> None:
+            self.chan = chan
+
+        def data_received(self, data: bytes, datatype: Any) -> None:
+            if datatype is not None or done.done():
+                return  # stderr is not an answer
+            lines = (self.partial + data).split(b"\n")
+            self.partial = lines.pop()
+            if not self.started and lines:
+                lines.pop(0)  # the ready line: start the clock
+                self.started = loop.time()
+            if self.started:
+                self.got += len(lines)
+                if self.got >= n:
+                    done.set_result(n / max(loop.time() - self.started, 1e-9))
+                    return
+                self.write_upto(min(self.got + window, n))
+
+        def write_upto(self, count: int) -> None:
+            if count - self.sent >= min(refill, n - self.sent) and count > self.sent:
+                self.chan.write(b"".join(line(i) for i in range(self.sent, count)))
+                self.sent = count
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_exception(
+                    SshError(
+                        f"{argv[0]} on the host ended after {self.got} of {n} lines", "channel"
+                    )
+                )
+
+    try:
+        chan, echo = await conn.create_session(Echo, command_line(argv), encoding=None)
+    except (OSError, asyncssh.Error) as exc:
+        raise SshError(f"starting {argv[0]} on the host failed: {exc}", "channel") from None
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise SshError(
+            f"{argv[0]} on the host answered {echo.got} of {n} lines in {timeout:g} s", "timeout"
+        ) from None
+    finally:
+        chan.close()

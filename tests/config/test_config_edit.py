@@ -140,7 +140,7 @@ def test_removing_an_unknown_host_says_how_to_list_them(tmp_path: Path) -> None:
     [
         ({"port": 0}, "port: 0 is out of range"),
         ({"name": "-x"}, 'name: "-x" is not a valid host name'),
-        ({"identity_file": "keys/missing"}, "identity_file: "),
+        ({"identity_file": "/"}, "identity_file: / is not a file"),
         ({"address": None}, "address: missing key"),
         ({"colour": "red"}, "colour: unknown key"),
     ],

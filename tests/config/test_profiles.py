@@ -453,12 +453,14 @@ def test_duplicate_host_names(cwd: Path, env: dict[str, str]) -> None:
     assert 'duplicate host name "a" (also hosts[0])' in message
 
 
-def test_missing_identity_file(cwd: Path, env: dict[str, str], tmp_path: Path) -> None:
-    missing = tmp_path / "keys" / "id_missing"
-    text = f'[[hosts]]\nname = "b"\nkind = "ssh"\naddress = "b"\nidentity_file = "{missing}"\n'
+def test_identity_file_that_is_a_folder(cwd: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """A missing key loads (connecting says so, exit 1); a folder is never a key."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    text = f'[[hosts]]\nname = "b"\nkind = "ssh"\naddress = "b"\nidentity_file = "{folder}"\n'
     message = config_error(cwd, env, text)
     assert message == (
-        f"profiles/bad.toml:5: hosts[0].identity_file: {missing} does not exist; "
+        f"profiles/bad.toml:5: hosts[0].identity_file: {folder} is not a file; "
         "point it at a private key file or remove the key to use the ssh-agent"
     )
 
