@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from bitinglip import __version__
-from bitinglip.cli import bench, infer, jobs, profiles, tasks
+from bitinglip.cli import bench, hosts, infer, jobs, profiles, tasks
 from bitinglip.cli.common import ErrorsToExit, Options, emit_json, note, plane_of, profile_of, table
 from bitinglip.control.loop import ControlLoop
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(hosts.app, name="hosts")
 app.add_typer(bench.app, name="bench")
 app.command("run")(infer.run)
 app.command("chat")(infer.chat)
