@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import fail, note, plane_of
-from bitinglip.control.models import ensure_local
+from bitinglip.control.models import check_name, ensure_local
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskSpec, TaskState
 
@@ -58,7 +58,10 @@ def _prepare(plane: ControlPlane, model: str, kind: str) -> None:
     reason = plane.cannot_run(kind)
     if reason is not None:
         fail(reason)
-    ensure_local(plane.profile, model, progress=lambda s: note(f"bitinglip: {s}"))
+    if any(h.kind == "local" for h in plane.profile.hosts):  # SSH hosts have their own copies
+        ensure_local(plane.profile, model, progress=lambda s: note(f"bitinglip: {s}"))
+    else:
+        check_name(plane.profile, model)
 
 
 def run(

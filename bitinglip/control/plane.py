@@ -129,9 +129,10 @@ class ControlPlane:
             return None
         if kind not in MODEL_KINDS:
             return f"nothing in this release runs {kind} tasks yet"
+        if not self.profile.hosts:
+            return f"profile {self.profile.name} has no hosts; add one with `bitinglip hosts add`"
         if not local:
-            where = f"profile {self.profile.name}"
-            return f"no host in {where} can run {kind} tasks yet (SSH hosts come later)"
+            return None  # SSH hosts say in their hello whether they can (llama_cpp, model files)
         if importlib.util.find_spec("llama_cpp") is None:
             return (
                 f"{kind} tasks need llama-cpp-python on host {local[0]}; install it with "

@@ -53,6 +53,7 @@ class HostAgent:
     session: AgentSession | None = None
     restart_at: float = 0.0
     backoff: float = 0.0
+    said: str = ""  # the last detach reason logged (a host failing the same way says it once)
 
 
 class Dispatcher:
@@ -279,11 +280,17 @@ class Dispatcher:
         if kind == "hello":
             session.hello = msg
             session.hello_at = time.monotonic()
-            self._agent_of(session).backoff = 0.0
+            agent = self._agent_of(session)
+            if agent.said:
+                log.warning("host %s: agent attached again", session.host)
+            agent.backoff, agent.said = 0.0, ""
             self._reattached(queue, session, msg)
         elif kind == "detached":
             session.hello = None  # not ready until the agent says hello again
-            log.warning("agent %s detached: %s", session.host, msg.get("reason"))
+            agent, reason = self._agent_of(session), str(msg.get("reason"))
+            if reason != agent.said:
+                log.warning("host %s: %s", session.host, reason)
+                agent.said = reason
         elif kind == "event" and run is not None and msg.get("kind") == "output":
             run.output.append(str(msg.get("data", "")))
         elif kind == "result" and run is not None:
