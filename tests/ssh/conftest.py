@@ -7,6 +7,7 @@ ssh-agent is reachable, so nothing here reads the user's ~/.ssh or keys.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from tests.cli.conftest import Cli, Proc, hermetic_env
 from tests.ssh.sshd import ClientKeys, SshdHost, make_client_keys, ssh_profile_text, start_sshd
 
 SshdFactory = Callable[..., SshdHost]
@@ -71,3 +74,27 @@ def ssh_profile(client_keys: ClientKeys, tmp_path: Path) -> ProfileText:
         return ssh_profile_text(hosts, client_keys, workdir_root=tmp_path / "remote", **kw)
 
     return text
+
+
+# The CLI, in process and as a subprocess, hermetic as in tests/cli.
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """The CLI in process, hermetic as in tests/cli (HOME, XDG folders, cwd under tmp_path)."""
+    for key in [k for k in os.environ if k.startswith("BITINGLIP_")]:
+        monkeypatch.delenv(key)
+    for key, value in hermetic_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return Cli(CliRunner(), data_dir, tmp_path)
+
+
+@pytest.fixture
+def proc(tmp_path: Path, data_dir: Path) -> Proc:
+    return Proc(data_dir, tmp_path, hermetic_env(tmp_path))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from bitinglip.cli import app
 from bitinglip.cli import hosts as hosts_cli
@@ -25,7 +24,7 @@ from bitinglip.control import ssh
 from bitinglip.control.hosts import GIB, HealthTracker, HostObservation, save
 from bitinglip.control.plane import open_control_plane
 from bitinglip.control.telemetry_ring import TelemetryRing
-from tests.cli.conftest import Cli, Proc, hermetic_env, stderr_lines
+from tests.cli.conftest import Cli, Proc, stderr_lines
 from tests.ssh.conftest import ProfileText, SshdFactory
 from tests.ssh.sshd import ClientKeys, SshdHost, free_port, ssh_profile_text
 
@@ -78,27 +77,6 @@ def one_line_error(result: Any) -> str:
 
 def profile_of(path: Path, data_dir: Path) -> Profile:
     return load_profile(str(path), data_dir=data_dir)
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def cli(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    """The CLI in process, hermetic as in tests/cli (HOME, XDG folders, cwd under tmp_path)."""
-    for key in [k for k in os.environ if k.startswith("BITINGLIP_")]:
-        monkeypatch.delenv(key)
-    for key, value in hermetic_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    return Cli(CliRunner(), data_dir, tmp_path)
-
-
-@pytest.fixture
-def proc(tmp_path: Path, data_dir: Path) -> Proc:
-    return Proc(data_dir, tmp_path, hermetic_env(tmp_path))
 
 
 @pytest.fixture
