@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from typing import BinaryIO, Callable
+from typing import Callable
 
 from bitinglip_agent import protocol
 from bitinglip_agent.server import Agent, AgentOptions
@@ -33,7 +33,7 @@ from bitinglip_agent.server import Agent, AgentOptions
 FIRST_LINE_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 2.0
 
-Attachment = tuple[socket.socket, BinaryIO, bytes]
+Attachment = tuple[socket.socket, protocol.LineReader, bytes]
 
 
 def socket_path(path: str) -> str:
@@ -184,7 +184,7 @@ def serve(listener: socket.socket, options: AgentOptions, detached_exit_s: float
     try:
         while not agent.stopping:
             try:
-                conn, rfile, first = attachments.get(timeout=1.0)
+                conn, lines, first = attachments.get(timeout=1.0)
             except queue.Empty:
                 if agent.active_runs():
                     idle_since = time.monotonic()
@@ -192,7 +192,7 @@ def serve(listener: socket.socket, options: AgentOptions, detached_exit_s: float
                     break
                 continue
             current[0] = conn
-            _serve_one(agent, conn, rfile, first)
+            _serve_one(agent, conn, lines, first)
             current[0] = None
             idle_since = time.monotonic()
     finally:
@@ -201,17 +201,18 @@ def serve(listener: socket.socket, options: AgentOptions, detached_exit_s: float
     return 0
 
 
-def _serve_one(agent: Agent, conn: socket.socket, rfile: BinaryIO, first: bytes) -> None:
+def _serve_one(agent: Agent, conn: socket.socket, lines: protocol.LineReader, first: bytes) -> None:
     wfile = conn.makefile("wb")
     try:
         if agent.attach(wfile):
             agent.handle_line(first)
-            agent.read_from(rfile)
+            agent.flush()
+            agent.read_from(lines)
     except OSError:
         pass  # the connection broke: detach, keep working
     finally:
         agent.detach(wfile)
-        for closable in (wfile, rfile, conn):
+        for closable in (wfile, conn):
             with contextlib.suppress(OSError):
                 closable.close()
 
@@ -234,15 +235,14 @@ def _first_line(
 ) -> None:
     """A connection that says something becomes the attachment; a silent probe is closed."""
     conn.settimeout(FIRST_LINE_TIMEOUT_S)
-    rfile = conn.makefile("rb")
+    lines = protocol.LineReader(conn.recv)
     try:
-        first = protocol.read_line(rfile)
+        first = lines.next_line()
     except OSError:
         first = None
     if not first:
-        rfile.close()
         conn.close()
         return
     conn.settimeout(None)
     kick()
-    attachments.put((conn, rfile, first))
+    attachments.put((conn, lines, first))

@@ -5,7 +5,7 @@ is expected, `id`. This is the one module of the agent that the control plane im
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 PROTOCOL_VERSION = 1
 
@@ -30,13 +30,17 @@ class ProtocolError(ValueError):
         self.msg_id = msg_id
 
 
+# One encoder: json.dumps with options builds a new JSONEncoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(msg_type: str, msg_id: str | None = None, **fields: Any) -> bytes:
     """One message as a line of bytes, newline included."""
     msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg_type}
     if msg_id is not None:
         msg["id"] = msg_id
     msg.update(fields)
-    return (json.dumps(msg, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    return (_ENCODER.encode(msg) + "\n").encode()
 
 
 def decode(line: bytes, accepted: frozenset[str]) -> dict[str, Any]:
@@ -61,7 +65,7 @@ def decode(line: bytes, accepted: frozenset[str]) -> dict[str, Any]:
 
 # Error codes an agent reports. Retryable ones are infrastructure failures: the queue retries
 # them; the others are the task's own fault.
-RETRYABLE = frozenset({"runner_crashed", "agent_stopping", "overloaded"})
+RETRYABLE = frozenset({"runner_crashed", "agent_stopping", "overloaded", "download_failed"})
 CODES = RETRYABLE | frozenset(
     {
         "malformed",
@@ -74,8 +78,69 @@ CODES = RETRYABLE | frozenset(
         "canceled",
         "inference_failed",
         "missing_capability",
+        # pull
+        "unsafe_name",
+        "no_space",
+        "unauthorized",
+        "not_found",
+        "checksum_mismatch",
+        "write_failed",
     }
 )
+
+
+class LineReader:
+    """Lines from a raw reader (`os.read` on a fd, `socket.recv`), which also says whether a
+    whole line is already buffered: a reply can then wait and go out with the next ones (one
+    write for a batch instead of one per message). Over-long lines as `read_line` returns them.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], chunk: int = 1 << 16) -> None:
+        self._read = read
+        self._chunk = chunk
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._skip = False  # discarding the rest of an over-long line
+
+    def buffered(self) -> bool:
+        return self._buf.find(b"\n", self._pos) >= 0
+
+    def next_line(self) -> bytes | None:
+        while True:
+            end = self._buf.find(b"\n", self._pos)
+            if end >= 0:
+                line = bytes(self._buf[self._pos : end + 1])
+                self._pos = end + 1
+                self._compact()
+                if self._skip:
+                    self._skip = False
+                    continue
+                return line
+            if len(self._buf) - self._pos > MAX_LINE_BYTES and not self._skip:
+                line = bytes(self._buf[self._pos : self._pos + MAX_LINE_BYTES + 1])
+                self._skip = True
+                del self._buf[:]
+                self._pos = 0
+                return line
+            if self._skip:
+                del self._buf[:]
+                self._pos = 0
+            if self._eof:
+                rest = bytes(self._buf[self._pos :])
+                del self._buf[:]
+                self._pos = 0
+                return rest or None
+            data = self._read(self._chunk)
+            if not data:
+                self._eof = True
+            else:
+                self._buf += data
+
+    def _compact(self) -> None:
+        if self._pos > (1 << 16) and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
 
 
 def read_line(stream: IO[bytes]) -> bytes | None:

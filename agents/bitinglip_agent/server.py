@@ -57,6 +57,9 @@ class Agent:
         self._replay: collections.deque[bytes] = collections.deque(maxlen=REPLAY_LINES)
         self._held: list[bytes] = []
         self._held_bytes = 0
+        self._facts: Any = None  # (host facts, capabilities), gathered for the first hello
+        self._batching = False  # replies of the reading thread wait for the batch's end
+        self._reader = 0
         self._secrets: dict[str, str] = {}
 
     # -- output ----------------------------------------------------------------------------
@@ -71,7 +74,8 @@ class Agent:
                 return
             try:
                 self.wfile.write(line)
-                self.wfile.flush()
+                if not (self._batching and threading.get_ident() == self._reader):
+                    self.wfile.flush()
             except (OSError, ValueError):
                 if not self.reattachable:
                     self._stop.set()  # the control plane went away
@@ -118,13 +122,15 @@ class Agent:
     def _hello_line(self) -> bytes:
         from bitinglip_agent import telemetry
 
+        if self._facts is None:  # they do not change while the agent runs (~20 ms to gather)
+            self._facts = (telemetry.host_facts(), telemetry.capabilities())
         return protocol.encode(
             "hello",
             version=__version__,
             protocol=protocol.PROTOCOL_VERSION,
             pid=os.getpid(),
-            host=telemetry.host_facts(),
-            capabilities=telemetry.capabilities(),
+            host=self._facts[0],
+            capabilities=self._facts[1],
             kinds=list(KINDS),
             name=self.options.host_name,
             model_dir=self.options.model_dir
@@ -139,8 +145,9 @@ class Agent:
         if wfile is not None:
             self.attach(wfile)
         self.start_telemetry()
+        fd = self.rfile.fileno()
         try:
-            self.read_from(self.rfile)
+            self.read_from(protocol.LineReader(lambda n: os.read(fd, n)))
         finally:
             self.stop()
         return 0
@@ -149,14 +156,38 @@ class Agent:
         if self.options.telemetry_interval > 0:
             threading.Thread(target=self._telemetry, name="telemetry", daemon=True).start()
 
-    def read_from(self, rfile: BinaryIO) -> None:
-        """Handle lines from `rfile` until EOF or `shutdown`."""
-        while not self._stop.is_set():
-            line = protocol.read_line(rfile)
-            if line is None:
-                break
-            if line.strip():
-                self.handle_line(line)
+    def read_from(self, lines: protocol.LineReader) -> None:
+        """Handle lines until EOF or `shutdown`. Replies made on this thread while more lines
+        are already buffered are written together, flushed once the buffer is drained."""
+        self._reader = threading.get_ident()
+        try:
+            while not self._stop.is_set():
+                line = lines.next_line()
+                if line is None:
+                    break
+                self._batching = lines.buffered()
+                if line.strip():
+                    self.handle_line(line)
+                if not self._batching:
+                    continue
+                if not lines.buffered():
+                    self._batching = False
+                    self.flush()
+        finally:
+            self._batching = False
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            if self.wfile is None:
+                return
+            try:
+                self.wfile.flush()
+            except (OSError, ValueError):
+                if not self.reattachable:
+                    self._stop.set()
+                    return
+                self.wfile = None
 
     def stop(self) -> None:
         self._stop.set()

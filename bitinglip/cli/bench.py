@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from bitinglip.cli.common import emit_json, note, profile_of
+from bitinglip.cli.common import emit_json, note, profile_of, table
 
 app = typer.Typer(
     help="Benchmarks (each runs on a fresh temporary database).", no_args_is_help=True
@@ -59,6 +59,60 @@ def infer(
         profile, model, max_tokens, rounds, progress=lambda s: note(f"bench infer {s}")
     )
     _print(result, as_json)
+
+
+@app.command("fleet")
+def fleet(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model alias or .gguf path for tokens/s (hosts that have it)."),
+    ] = None,
+    echo: Annotated[
+        int, typer.Option(min=10, help="Echo tasks end to end, and pipelined echoes.")
+    ] = 10000,
+    window: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Pipelined echoes unanswered at most (a dispatcher keeps 256 a host)."
+        ),
+    ] = 256,
+    telemetry_s: Annotated[
+        float, typer.Option(min=1.0, help="Seconds of idle control-plane CPU measured.")
+    ] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON object.")] = False,
+) -> None:
+    """Worker challenges on every host at once: connect, round trip, tokens/s, GPU; then
+    pipelined echo vs raw asyncssh, end to end over the fleet, and the control plane's CPU."""
+    from bitinglip.bench import fleet as bench_fleet
+
+    result = bench_fleet.run(
+        profile_of(ctx),
+        model,
+        echo,
+        window,
+        telemetry_s,
+        progress=lambda s: note(f"bench fleet {s}"),
+    )
+    if as_json:
+        emit_json(result)
+        return
+    columns = list(FLEET_COLUMNS)
+    table(columns, [[row[c] for c in columns] for row in result["hosts"]])
+    typer.echo("")
+    _print({k: v for k, v in result.items() if k != "hosts"}, False)
+
+
+FLEET_COLUMNS = (
+    "host",
+    "status",
+    "connect_ready_ms",
+    "rtt_p50_ms",
+    "rtt_p99_ms",
+    "tokens_per_s",
+    "gpu",
+    "tokens_note",
+)
 
 
 def _print(result: dict[str, object], as_json: bool) -> None:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from bitinglip.agent_bundle import Bundle, build_zipapp
 from bitinglip.config import HostConfig, Profile
+from bitinglip.config_files import default_data_dir
 from bitinglip.control import ssh
 from bitinglip.errors import SshError
 
@@ -125,6 +128,47 @@ class SetupReport:
         }
 
 
+def _probe_file(profile: Profile, host: HostConfig) -> Path:
+    """Per user, not per profile: what a probe finds depends only on how the host is reached."""
+    where = [
+        host.user,
+        host.address,
+        host.port,
+        host.proxy_jump,
+        host.python,
+        host.workdir,
+        host.model_dir,
+    ]
+    key = hashlib.sha256(json.dumps(where).encode()).hexdigest()[:16]
+    return default_data_dir(".hosts") / f"{host.name}-{key}.json"
+
+
+def save_probe(profile: Profile, host: HostConfig, bundle: Bundle, found: Probe) -> None:
+    """Remember where the agent is on the host, so the next process attaches without probing
+    (a probe is an exec channel: a shell and a Python start on the host)."""
+    path = _probe_file(profile, host)
+    data = {"sha256": bundle.sha256, "probe": asdict(found)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only an optimisation: the next attach probes again
+
+
+def load_probe(profile: Profile, host: HostConfig, bundle: Bundle) -> Probe | None:
+    """The remembered probe of `host` for this agent version and address, if any."""
+    try:
+        data = json.loads(_probe_file(profile, host).read_text())
+        if data["sha256"] != bundle.sha256:
+            return None
+        probe = data["probe"]
+        return Probe(**{**probe, "python": tuple(probe["python"])})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def local_bundle(profile: Profile) -> Bundle:
     """The agent zipapp of this install, built once into the data dir."""
     return build_zipapp(profile.data_dir / "agent")
@@ -213,6 +257,7 @@ async def setup(
     if runtime:
         await install_runtime(conn, host, found, on_output or (lambda _line: None))
         found = await probe(conn, host, bundle)
+    save_probe(profile, host, bundle, found)
     return SetupReport(host.name, uploaded, found, bundle)
 
 

@@ -87,6 +87,13 @@ class RemoteTransport:
         self._ended: asyncio.Future[str] | None = None
         self._wake: asyncio.Event | None = None
         self._task: concurrent.futures.Future[Any] | None = None
+        self._out: list[bytes] = []
+        self._out_lock = threading.Lock()
+        self._out_pending = False
+        cached = bootstrap.load_probe(profile, host, bundle)
+        if cached is not None:  # the agent's place is known: try its socket before probing
+            self._found = cached
+            self._sock = bootstrap.socket_path(cached, bundle, profile, host)
 
     # -- the Transport protocol (any thread) -----------------------------------------------
 
@@ -99,9 +106,16 @@ class RemoteTransport:
         self._task = self.loop.submit(self._run(on_line, on_close, on_detach or (lambda _r: None)))
 
     def send(self, data: bytes) -> bool:
+        """Queue `data` for the channel; sends from many threads and steps go out together,
+        with one wake-up of the SSH loop per batch."""
         if not self.attached or self._channel is None:
             return False
-        self.loop.loop.call_soon_threadsafe(self._write, self._channel, data)
+        with self._out_lock:
+            self._out.append(data)
+            if self._out_pending:
+                return True
+            self._out_pending = True
+        self.loop.loop.call_soon_threadsafe(self._write_out)
         return True
 
     def close(self, timeout: float = 5.0) -> None:
@@ -116,9 +130,13 @@ class RemoteTransport:
 
     # -- the loop thread -------------------------------------------------------------------
 
-    @staticmethod
-    def _write(channel: ssh.LineChannel, data: bytes) -> None:
-        channel.write(data)
+    def _write_out(self) -> None:
+        with self._out_lock:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_pending = False
+        if self._channel is not None and data:
+            self._channel.write(data)
 
     def _finish(self, grace: float) -> None:
         """Let what was sent (a `shutdown`) reach the agent, then end; at most `grace` s."""
@@ -167,6 +185,8 @@ class RemoteTransport:
 
     def _drop(self) -> None:
         self.attached = False
+        with self._out_lock:
+            self._out.clear()  # never reached the agent: the next hello tells which runs it has
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -188,11 +208,8 @@ class RemoteTransport:
         if self._found is None:
             await self._start_agent(conn)
         channel = ssh.LineChannel(on_line, self._on_end)
-        if not await self._open(conn, channel):  # the agent is gone: start it again
-            await self._start_agent(conn)
-            channel = ssh.LineChannel(on_line, self._on_end)
-            if not await self._open(conn, channel):
-                raise SshError(f"ssh {self.name}: the agent did not start", "channel")
+        if not await self._open(conn, channel):  # not running: start it where it was
+            channel = await self._restart(conn, on_line)
         self._channel = channel
         self.attached = True
         self.last_error = ""
@@ -222,6 +239,22 @@ class RemoteTransport:
         )
         return True
 
+    async def _restart(self, conn: Any, on_line: Callable[[bytes], None]) -> ssh.LineChannel:
+        """Start the agent known to be installed (one exec); if that fails, probe and install
+        again (the host changed under us) and start that."""
+        assert self._found is not None
+        try:
+            await self._run_daemon(conn, self._found)
+        except SshError:
+            await self._start_agent(conn)
+        channel = ssh.LineChannel(on_line, self._on_end)
+        if not await self._open(conn, channel):
+            await self._start_agent(conn)
+            channel = ssh.LineChannel(on_line, self._on_end)
+            if not await self._open(conn, channel):
+                raise SshError(f"ssh {self.name}: the agent did not start", "channel")
+        return channel
+
     async def _start_agent(self, conn: Any) -> None:
         found = await bootstrap.probe(conn, self.host, self.bundle)
         if await bootstrap.install_agent(conn, self.host, self.bundle, found):
@@ -229,6 +262,7 @@ class RemoteTransport:
         self._sock = bootstrap.socket_path(found, self.bundle, self.profile, self.host)
         await self._run_daemon(conn, found)
         self._found = found
+        bootstrap.save_probe(self.profile, self.host, self.bundle, found)
 
     async def _run_daemon(self, conn: Any, found: bootstrap.Probe) -> None:
         done = await ssh.run(conn, bootstrap.agent_argv(found, self._sock, self.host), timeout=30.0)
