@@ -77,7 +77,7 @@ THROUGH_SUBPROCESS = [
     "unknown-key",
     "port-70000",
     "host-name-starting-with-dash",
-    "missing-identity-file",
+    "identity-file-is-a-folder",
 ]
 
 
@@ -100,8 +100,8 @@ def check_status(code: int, stderr: str, prefix: str, case: str) -> None:
     lines = stderr_lines(stderr)
     assert len(lines) == 1, lines
     assert lines[0].startswith(prefix), (lines[0], prefix)
-    if case == "missing-identity-file":
-        assert "id_missing does not exist" in lines[0]
+    if case == "identity-file-is-a-folder":
+        assert "/ is not a file" in lines[0]
 
 
 def check_check(code: int, stderr: str, prefix: str) -> None:
