@@ -94,6 +94,12 @@ class Runners:
             runners = list(self._runners.values())
         return any(r.cancel(run_id) for r in runners)
 
+    def loaded(self) -> list[str]:
+        """Model paths with a live inference child."""
+        with self._lock:
+            runners = list(self._runners.values())
+        return sorted({r.path for r in runners if r.loaded})
+
     def active(self) -> list[str]:
         """Run ids queued or running here."""
         with self._lock:
@@ -154,6 +160,11 @@ class ModelRunner:
             if self._current is request and self._child is not None:
                 self._write({"op": "cancel", "id": run_id})
         return True
+
+    @property
+    def loaded(self) -> bool:
+        child = self._child
+        return child is not None and child.poll() is None
 
     def pending(self) -> list[str]:
         with self._child_lock:

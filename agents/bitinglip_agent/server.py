@@ -18,7 +18,7 @@ from bitinglip_agent import __version__, protocol
 from bitinglip_agent.protocol import MODEL_KINDS, TO_AGENT, ProtocolError
 
 # Task kinds this agent runs, and those that need a model.
-KINDS = ("echo", "generate", "chat", "embed")
+KINDS = ("echo", "generate", "chat", "embed", "pull", "remove")
 # A re-attachable agent keeps its last results to send again after a dropped connection (the
 # control plane ignores those it has), and the output events it could not send while detached.
 REPLAY_LINES = 4096
@@ -54,6 +54,7 @@ class Agent:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._runners: Any = None  # bitinglip_agent.runners.Runners, made on first model task
+        self._downloads: Any = None  # bitinglip_agent.downloads.Downloads, made on first pull
         self._replay: collections.deque[bytes] = collections.deque(maxlen=REPLAY_LINES)
         self._held: list[bytes] = []
         self._held_bytes = 0
@@ -111,8 +112,13 @@ class Agent:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def loaded_models(self) -> list[str]:
+        """Paths of the models loaded in an inference child now."""
+        return [] if self._runners is None else self._runners.loaded()
+
     def active_runs(self) -> list[str]:
-        return [] if self._runners is None else self._runners.active()
+        runs = [] if self._runners is None else self._runners.active()
+        return runs + ([] if self._downloads is None else self._downloads.active())
 
     def error(self, msg_id: str | None, code: str, message: str) -> None:
         self.send("error", msg_id, code=code, message=message, retryable=code in protocol.RETRYABLE)
@@ -191,6 +197,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._downloads is not None:
+            self._downloads.stop_all()
         if self._runners is not None:
             self._runners.stop_all()
 
@@ -203,7 +211,9 @@ class Agent:
         try:
             while not self._stop.is_set():
                 if self.wfile is not None:  # nobody to tell while detached
-                    self.send("telemetry", snapshot=sampler.snapshot())
+                    snapshot = sampler.snapshot()
+                    snapshot["models_loaded"] = self.loaded_models()
+                    self.send("telemetry", snapshot=snapshot)
                 next_at += interval
                 self._stop.wait(max(next_at - time.monotonic(), 0.0))
         finally:
@@ -249,10 +259,17 @@ class Agent:
             self.send("result", run_id, result=task.get("payload"))
         elif kind in MODEL_KINDS:
             self.runners().submit(run_id, task)
+        elif kind == "pull":  # a queued pull task: its payload is a `pull` message's body
+            payload = task.get("payload") or {}
+            self.downloads().pull({**payload, "type": "pull", "id": run_id})
+        elif kind == "remove":
+            self.downloads().remove(run_id, (task.get("payload") or {}).get("dest"))
         else:
             self.error(run_id, "unsupported", f"this agent does not run {kind!r} tasks")
 
     def _on_cancel(self, msg: dict[str, Any]) -> None:
+        if self._downloads is not None and self._downloads.cancel(str(msg["id"])):
+            return
         if self._runners is None or not self._runners.cancel(str(msg["id"])):
             self.send("event", str(msg["id"]), kind="log", data="cancel: no such run here")
 
@@ -262,6 +279,17 @@ class Agent:
     def _on_unload(self, msg: dict[str, Any]) -> None:
         unloaded = self._runners.unload(msg["model"]["path"]) if self._runners else 0
         self.send("result", msg.get("id"), result={"unloaded": unloaded})
+
+    def _on_pull(self, msg: dict[str, Any]) -> None:
+        """A model file to the model dir, verified; answered from a worker (downloads.py)."""
+        self.downloads().pull(msg)
+
+    def downloads(self) -> Any:
+        if self._downloads is None:
+            from bitinglip_agent.downloads import Downloads
+
+            self._downloads = Downloads(self)  # on this (the main) thread: it ignores SIGXFSZ
+        return self._downloads
 
     def runners(self) -> Any:
         if self._runners is None:

@@ -66,7 +66,8 @@ def test_bad_messages_get_errors_and_the_agent_stays_up(agent: AgentProc) -> Non
         (b'{"v": 7, "type": "ping", "id": "p0"}\n', "version_mismatch"),
         (b"x" * (10 * 1024 * 1024) + b"\n", "line_too_long"),
         (b'{"v": 1, "type": "run", "id": "r0"}\n', "bad_request"),
-        (b'{"v": 1, "type": "run", "id": "r1", "task": {"kind": "pull"}}\n', "unsupported"),
+        (b'{"v": 1, "type": "run", "id": "r1", "task": {"kind": "bench"}}\n', "unsupported"),
+        (b'{"v": 1, "type": "run", "id": "r1", "task": {"kind": "pull"}}\n', "bad_request"),
         (b'{"v": 1, "type": "run", "id": "r2", "task": {"kind": "generate"}}\n', "bad_request"),
     ]
     for raw, code in cases:
