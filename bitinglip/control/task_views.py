@@ -16,7 +16,7 @@ _COLUMNS = (
     "id, kind, state, priority, payload, model, host, labels, idempotency_key, job_id, line_no,"
     " custom_id, attempt, max_attempts, retry_on_error, run_after, lease_owner, lease_token,"
     " lease_expires_at, ran_on, cancel_requested, result, error, error_kind, created_at,"
-    " started_at, finished_at"
+    " started_at, finished_at, progress"
 )
 
 
@@ -49,12 +49,13 @@ class Task:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    progress: Any = None  # the latest progress of a running task (a pull's bytes, rate, ETA)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Task:
         values = list(row)
         values[2] = TaskState(values[2])
-        for i in (4, 7, 21):  # payload, labels, result are JSON
+        for i in (4, 7, 21, 27):  # payload, labels, result, progress are JSON
             values[i] = None if values[i] is None else json.loads(values[i])
         values[14], values[20] = bool(values[14]), bool(values[20])
         return cls(*values)

@@ -8,6 +8,9 @@ reports back with that token, and a report with a stale token is refused (`Stale
 Attempts: a task starts at attempt 1. An infrastructure failure (or an expired lease) requeues it
 with attempt + 1 after an exponential backoff, until `max_attempts` runs have failed; then it is
 `dead` with its last error. An application error fails it at once, unless it asked to retry.
+
+What a task is (`TaskSpec`, `KINDS`) and submitting it live in task_intake.py; `TaskQueue` here
+adds the runner's side (claim, heartbeat, report, reap) and the operator's (cancel, retry).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from bitinglip.config import QueueConfig
@@ -32,35 +35,8 @@ from bitinglip.control.states import (
     note,
     transition,
 )
-from bitinglip.errors import InputError, StaleLeaseError, StateError
-
-KINDS = ("echo", "generate", "chat", "embed", "pull", "bench")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What to run. `host`/`labels` constrain placement; `max_attempts` None = profile default."""
-
-    kind: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    host: str | None = None
-    labels: Mapping[str, str] | None = None
-    priority: int = 0
-    max_attempts: int | None = None
-    idempotency_key: str | None = None
-    retry_on_error: bool = False
-    job_id: int | None = None
-    line_no: int | None = None
-    custom_id: str | None = None
-
-    def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise InputError(f"unknown task kind {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise InputError(f"max_attempts must be at least 1, not {self.max_attempts}")
-        if self.kind in ("generate", "chat", "embed") and not self.model:
-            raise InputError(f"a {self.kind} task needs a model; pass --model NAME")
+from bitinglip.control.task_intake import KINDS, TaskIntake, TaskSpec, compact_json
+from bitinglip.errors import StaleLeaseError, StateError
 
 
 @dataclass(frozen=True)
@@ -84,24 +60,7 @@ class Beat:
     cancel: frozenset[int]
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-_INSERT = (
-    "INSERT INTO tasks (kind, state, priority, payload, model, host, labels, idempotency_key,"
-    " job_id, line_no, custom_id, max_attempts, retry_on_error, run_after, created_at)"
-    " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# The same for a JSON array of [kind, priority, payload, model, host, labels, job_id, line_no,
-# custom_id, max_attempts, retry_on_error] rows (`->` keeps JSON text, `->>` gives SQL values).
-_INSERT_MANY = (
-    "INSERT INTO tasks (kind, state, priority, payload, model, host, labels, idempotency_key,"
-    " job_id, line_no, custom_id, max_attempts, retry_on_error, run_after, created_at)"
-    " SELECT value->>0, 'queued', value->>1, value->2, value->>3, value->>4, value->>5, NULL,"
-    " value->>6, value->>7, value->>8, value->>9, value->>10, ?1, ?1 FROM json_each(?2)"
-)
-
-
-class TaskQueue:
+class TaskQueue(TaskIntake):
     """The queue over one Store. Not thread-safe: one TaskQueue per thread."""
 
     def __init__(
@@ -118,95 +77,6 @@ class TaskQueue:
         self.on_submit = on_submit
         store.conn.create_function("labels_match", 2, labels_match, deterministic=True)
 
-    # -- submitting ------------------------------------------------------------------------
-
-    def submit(self, spec: TaskSpec) -> int:
-        """Queue one task durably; an idempotency key already used returns that task's id."""
-        spec.validate()
-        row = self._row(spec, self.clock())
-        if spec.idempotency_key is None:
-            task_id = self.store.write_one(_INSERT, row).lastrowid
-            assert task_id is not None
-        else:
-            with self.store.write() as conn:
-                task_id = _insert_one(conn, row, spec.idempotency_key)
-        if self.on_submit is not None:
-            self.on_submit()
-        return task_id
-
-    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
-        """Queue many tasks in one transaction; all of them or none."""
-        with self.store.write() as conn:
-            ids = self._insert(conn, specs)
-        if self.on_submit is not None:
-            self.on_submit()
-        return ids
-
-    def submit_job(
-        self, name: str, source: str | None, fmt: str, specs: Sequence[TaskSpec]
-    ) -> tuple[int, list[int]]:
-        """A job row and its child tasks, in one transaction."""
-        with self.store.write() as conn:
-            cur = conn.execute(
-                "INSERT INTO jobs (name, source, format, total, created_at) VALUES (?, ?, ?, ?, ?)",
-                (name, source, fmt, len(specs), self.clock()),
-            )
-            assert cur.lastrowid is not None
-            job_id = cur.lastrowid
-            ids = self._insert(conn, [replace(s, job_id=job_id) for s in specs])
-        if self.on_submit is not None:
-            self.on_submit()
-        return job_id, ids
-
-    def _insert(self, conn: sqlite3.Connection, specs: Sequence[TaskSpec]) -> list[int]:
-        for spec in specs:
-            spec.validate()
-        now = self.clock()
-        if len(specs) == 1 or any(spec.idempotency_key for spec in specs):
-            return [_insert_one(conn, self._row(s, now), s.idempotency_key) for s in specs]
-        # Many rows: one statement over a JSON array, so the per-row work happens in SQLite's C
-        # (about 1.4x executemany). Rows get consecutive ids under the write lock.
-        default_attempts = self.config.max_attempts
-        doc = _dumps(
-            [
-                [
-                    s.kind,
-                    s.priority,
-                    s.payload,
-                    s.model,
-                    s.host,
-                    dict(s.labels) if s.labels else None,
-                    s.job_id,
-                    s.line_no,
-                    s.custom_id,
-                    s.max_attempts or default_attempts,
-                    int(s.retry_on_error),
-                ]
-                for s in specs
-            ]
-        )
-        cur = conn.execute(_INSERT_MANY, (now, doc))
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-        return list(range(last - cur.rowcount + 1, last + 1))
-
-    def _row(self, spec: TaskSpec, now: float) -> tuple[Any, ...]:
-        return (
-            spec.kind,
-            spec.priority,
-            _dumps(spec.payload),
-            spec.model,
-            spec.host,
-            json.dumps(dict(spec.labels), sort_keys=True) if spec.labels else None,
-            spec.idempotency_key,
-            spec.job_id,
-            spec.line_no,
-            spec.custom_id,
-            spec.max_attempts or self.config.max_attempts,
-            int(spec.retry_on_error),
-            now,
-            now,
-        )
-
     # -- running ---------------------------------------------------------------------------
 
     def claim(
@@ -219,6 +89,7 @@ class TaskQueue:
         labels: Mapping[str, str] | None = None,
         lease_s: float | None = None,
         models: Iterable[str] | None = None,
+        any_path: bool = False,
     ) -> list[Claim]:
         """Lease up to `limit` ready tasks, highest priority first, to `owner`.
 
@@ -230,10 +101,11 @@ class TaskQueue:
         now = self.clock()
         expires = now + (lease_s or self.config.lease_ttl_s)
         have = () if models is None else tuple(models)
+        paths = " OR model LIKE '%.gguf'" if any_path else ""
         only_models = (
             ""
             if models is None
-            else f" AND (model IS NULL OR model IN ({','.join('?' * len(have))}))"
+            else f" AND (model IS NULL OR model IN ({','.join('?' * len(have))}){paths})"
         )
         sql = (
             "SELECT id, attempt, lease_token FROM tasks INDEXED BY tasks_ready"
@@ -299,7 +171,7 @@ class TaskQueue:
         now = self.clock()
         with self.store.write() as conn:
             current = held_leases(conn, {i: t for i, t, _ in results})
-            payloads = {i: _dumps(r) for i, _, r in results}
+            payloads = {i: compact_json(r) for i, _, r in results}
             done = [(i, R, a) for i, (a, _) in current.items()]
             transition(
                 conn,
@@ -359,6 +231,18 @@ class TaskQueue:
                 "INSERT INTO task_output (task_id, seq, data) VALUES (?, (SELECT"
                 " coalesce(max(seq), 0) + 1 FROM task_output WHERE task_id = ?), ?)",
                 (task_id, task_id, data),
+            )
+
+    def set_progress(self, items: Sequence[tuple[int, int, Any]]) -> None:
+        """Store the latest progress (JSON) of running tasks, in one transaction; a stale token
+        is skipped (progress is advisory)."""
+        if not items:
+            return
+        with self.store.write() as conn:
+            conn.executemany(
+                "UPDATE tasks SET progress = ? WHERE id = ? AND lease_token = ?"
+                " AND state = 'running'",
+                [(json.dumps(p, separators=(",", ":")), i, t) for i, t, p in items],
             )
 
     def reap(self) -> int:
@@ -505,16 +389,6 @@ class TaskQueue:
             (self.clock(), *kinds),
         ).fetchone()
         return None if row[0] is None else float(row[0])
-
-
-def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...], key: str | None) -> int:
-    if key is not None:
-        found = conn.execute("SELECT id FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
-        if found:
-            return int(found[0])
-    cur = conn.execute(_INSERT, row)
-    assert cur.lastrowid is not None
-    return cur.lastrowid
 
 
 __all__ = ["KINDS", "MOVES", "TERMINAL", "Beat", "Claim", "TaskQueue", "TaskSpec", "TaskState"]
