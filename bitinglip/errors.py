@@ -59,3 +59,7 @@ class SshError(BitinglipError):
     def __init__(self, message: str, reason: str = "unreachable") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class HubError(BitinglipError):
+    """The model hub refused a request (gated, private, a bad token) or cannot be reached."""

@@ -123,5 +123,42 @@ HOSTS = (
     )""",
 )
 
+# The model registry: one row per (repo, commit, file), never changed once written (a branch
+# that moves on makes a new row), and one row per copy of a model on a host with its state.
+# `"commit"` is quoted: COMMIT is an SQLite keyword. tasks.progress holds the latest progress
+# (JSON) of a running task, e.g. a pull's bytes, total, rate and ETA.
+MODELS = (
+    """CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        repo TEXT NOT NULL,
+        "commit" TEXT NOT NULL,
+        file TEXT NOT NULL,
+        quant TEXT,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (repo, "commit", file)
+    )""",
+    """CREATE TABLE host_models (
+        host TEXT NOT NULL,
+        model_id INTEGER NOT NULL REFERENCES models(id),
+        state TEXT NOT NULL CHECK (state IN ('pulling', 'ready', 'quarantined', 'failed')),
+        path TEXT,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        task_id INTEGER REFERENCES tasks(id),
+        last_used_at REAL,
+        loaded INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (host, model_id)
+    )""",
+    "CREATE INDEX host_models_model ON host_models (model_id)",
+    "ALTER TABLE tasks ADD COLUMN progress TEXT",
+)
+
 # (name, statements) in order; the position is the migration's number.
-MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("initial", INITIAL), ("hosts", HOSTS))
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("initial", INITIAL),
+    ("hosts", HOSTS),
+    ("models", MODELS),
+)
