@@ -126,6 +126,7 @@ class HostConfig:
     workdir: str | None = None
     model_dir: str | None = None
     max_concurrency: int = 4
+    cache_quota_gib: float | None = None  # pulled models on the host; LRU eviction beyond it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
@@ -356,6 +357,9 @@ def _host(item: Table, folder: Path, env: Mapping[str, str]) -> HostConfig:
         "workdir": item.opt_str("workdir"),
         "model_dir": item.opt_str("model_dir"),
         "max_concurrency": item.integer("max_concurrency", 4, 1, None, "use 1 or more"),
+        "cache_quota_gib": (
+            item.number("cache_quota_gib", 0.0, 0.0) if "cache_quota_gib" in item else None
+        ),
     }
     if kind == "local":
         for key in SSH_ONLY_KEYS:

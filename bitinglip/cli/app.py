@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 
 from bitinglip import __version__
-from bitinglip.cli import bench, hosts, infer, jobs, profiles, tasks
+from bitinglip.cli import (
+    bench,
+    hosts,
+    infer,
+    jobs,
+    models,
+    models_fit,
+    models_pull,
+    profiles,
+    tasks,
+)
 from bitinglip.cli.common import ErrorsToExit, Options, emit_json, note, plane_of, profile_of, table
 from bitinglip.control.loop import ControlLoop
 
@@ -26,6 +36,9 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(profiles.app, name="profiles")
 app.add_typer(hosts.app, name="hosts")
 app.add_typer(bench.app, name="bench")
+models.app.command("pull")(models_pull.pull)
+models.app.command("fit")(models_fit.fit)
+app.add_typer(models.app, name="models")
 app.command("run")(infer.run)
 app.command("chat")(infer.chat)
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)

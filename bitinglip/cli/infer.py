@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import fail, note, plane_of
+from bitinglip.cli.models_pull import follow_pulls
 from bitinglip.control.models import check_name, ensure_local
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskSpec, TaskState
@@ -58,10 +59,26 @@ def _prepare(plane: ControlPlane, model: str, kind: str) -> None:
     reason = plane.cannot_run(kind)
     if reason is not None:
         fail(reason)
+    alias = plane.profile.models.get(model)
+    if alias is not None and alias.source.startswith("hf:"):
+        return  # pulled to a host where it fits, once the controller runs (`_place`)
     if any(h.kind == "local" for h in plane.profile.hosts):  # SSH hosts have their own copies
         ensure_local(plane.profile, model, progress=lambda s: note(f"bitinglip: {s}"))
     else:
         check_name(plane.profile, model)
+
+
+def _place(plane: ControlPlane, model: str) -> None:
+    """A hub alias that no host has yet is pulled first, where it fits, with progress."""
+    placed = plane.place_alias(model)
+    if placed is None:
+        return
+    file, tickets = placed
+    note(f"bitinglip: {model} is on no host yet: pulling {file.name} to {tickets[0].host}")
+    follow_pulls(plane, tickets, file.size)
+    task = plane.task(tickets[0].task_id) if tickets[0].task_id is not None else None
+    if task is not None and task.state != TaskState.SUCCEEDED:
+        fail(f"pulling {model} to {tickets[0].host} failed: {task.error}")
 
 
 def run(
@@ -77,6 +94,7 @@ def run(
         _prepare(plane, model, "generate")
         payload = {"prompt": prompt, **_params(max_tokens, temperature, seed)}
         with plane.embedded():
+            _place(plane, model)
             _stream(plane, TaskSpec(kind="generate", model=model, payload=payload))
 
 
@@ -96,6 +114,7 @@ def chat(
     with plane_of(ctx) as plane:
         _prepare(plane, model, "chat")
         with plane.embedded():
+            _place(plane, model)
             while True:
                 if interactive:
                     sys.stderr.write("you> ")

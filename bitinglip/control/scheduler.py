@@ -30,7 +30,7 @@ from bitinglip_agent.protocol import RETRYABLE
 
 from bitinglip.agent_bundle import Bundle
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import hosts, models
+from bitinglip.control import hosts, models, pulls, registry
 from bitinglip.control.local import LocalTransport
 from bitinglip.control.sessions import AgentSession, Incoming, Inflight, Transport
 from bitinglip.control.tasks import Claim, TaskQueue
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 LIGHT_KINDS = ("echo",)
 LIGHT_SLOTS = 256
+PULL_KINDS = ("pull", "remove")
+PULL_SLOTS = 2  # downloads at once per host, beside its inference slots
 OUTPUT_FLUSH_S = 0.05
 RESTART_BACKOFF_S = (0.5, 30.0)
 SILENT_AFTER_S = 10.0  # an agent quiet this long (telemetry is 1 Hz) no longer keeps leases
@@ -161,8 +163,24 @@ class Dispatcher:
         try:
             hosts.save(queue.store, observed)
             self.ring.record(queue.store, samples)
+            self._mark_loaded(queue, samples)
         except BitinglipError as exc:
             log.warning("host state not saved: %s", exc)
+
+    @staticmethod
+    def _mark_loaded(queue: TaskQueue, samples: list[tuple[str, dict[str, Any]]]) -> None:
+        """The registry's `loaded` flags from what each agent says it has loaded (telemetry)."""
+        for host, snapshot in samples:
+            loaded = snapshot.get("models_loaded")
+            if not isinstance(loaded, list):
+                continue
+            rows = queue.store.conn.execute(
+                "SELECT model_id, path, loaded FROM host_models WHERE host = ? AND state = 'ready'",
+                (host,),
+            ).fetchall()
+            for model_id, path, was in rows:
+                if bool(was) != (path in loaded):
+                    registry.set_loaded(queue.store, host, model_id, path in loaded)
 
     @staticmethod
     def _observation(agent: HostAgent, now: float) -> hosts.HostObservation:
@@ -197,14 +215,21 @@ class Dispatcher:
         assert session is not None and session.hello is not None
         kinds = session.kinds()
         light = [k for k in kinds if k in LIGHT_KINDS]
-        heavy = [k for k in kinds if k not in LIGHT_KINDS]
-        # An SSH host runs the models whose files it has; this machine fetches any alias.
-        have = None if host.kind == "local" else session.hello.get("models", [])
+        pulls = [k for k in kinds if k in PULL_KINDS]
+        heavy = [k for k in kinds if k not in LIGHT_KINDS + PULL_KINDS]
+        copies = self._copies(queue, host)
+        have = set(copies)  # models pulled there (the registry), by alias
+        if host.kind == "local":  # this machine assembles PyPI-packaged aliases on first use
+            have |= {a for a, m in self.profile.models.items() if m.source.startswith("pypi:")}
+        else:  # and an SSH host has the files in its model dir named ALIAS.gguf
+            have |= set(session.hello.get("models", []))
         in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
-        in_heavy = len(session.inflight) - in_light
+        in_pull = sum(1 for f in session.inflight.values() if f.kind in PULL_KINDS)
+        in_heavy = len(session.inflight) - in_light - in_pull
         runs: list[tuple[int, int, str, dict[str, Any]]] = []
         for group, free in (
             (light, LIGHT_SLOTS - in_light),
+            (pulls, PULL_SLOTS - in_pull),
             (heavy, host.max_concurrency - in_heavy),
         ):
             if not group or free <= 0:
@@ -216,9 +241,10 @@ class Dispatcher:
                 host=host.name,
                 labels=dict(host.labels),
                 models=have,
+                any_path=host.kind == "local",
             )
             for claim in claims:
-                task = self._task(queue, claim, agent)
+                task = self._task(queue, claim, agent, copies)
                 if task is not None:
                     runs.append((claim.task_id, claim.token, claim.kind, task))
         if not runs:
@@ -229,11 +255,35 @@ class Dispatcher:
             queue.release([(task_id, token) for task_id, token, _, _ in runs], str(exc))
         return True
 
-    def _task(self, queue: TaskQueue, claim: Claim, agent: HostAgent) -> dict[str, Any] | None:
+    def _copies(self, queue: TaskQueue, host: HostConfig) -> dict[str, tuple[int, str]]:
+        """Aliases of the profile with a ready copy on `host`: alias -> (model id, path)."""
+        rows = queue.store.conn.execute(
+            'SELECT m.id, m.repo, m."commit", m.file, h.path FROM host_models h'
+            " JOIN models m ON m.id = h.model_id WHERE h.host = ? AND h.state = 'ready'",
+            (host.name,),
+        ).fetchall()
+        found: dict[str, tuple[int, str]] = {}
+        for model_id, repo, commit, file, path in rows:
+            alias = registry.alias_of(self.profile, repo, commit, file)
+            if alias is not None and alias not in found:
+                found[alias] = (model_id, path)
+        return found
+
+    def _task(
+        self,
+        queue: TaskQueue,
+        claim: Claim,
+        agent: HostAgent,
+        copies: dict[str, tuple[int, str]],
+    ) -> dict[str, Any] | None:
         """The `run` message's task, or None when its model cannot be had (task failed)."""
         task: dict[str, Any] = {"id": claim.task_id, "kind": claim.kind, "payload": claim.payload}
         hello = agent.session.hello if agent.session is not None else None
-        if claim.model is not None and agent.host.kind == "ssh" and hello is not None:
+        if claim.model is not None and claim.model in copies:
+            model_id, path = copies[claim.model]
+            task["model"] = {"name": claim.model, "path": path}
+            registry.touch(queue.store, agent.host.name, model_id, time.time())
+        elif claim.model is not None and agent.host.kind == "ssh" and hello is not None:
             path = f"{hello.get('model_dir')}/{claim.model}.gguf"
             task["model"] = {"name": claim.model, "path": path}
         elif claim.model is not None:
@@ -293,14 +343,20 @@ class Dispatcher:
                 agent.said = reason
         elif kind == "event" and run is not None and msg.get("kind") == "output":
             run.output.append(str(msg.get("data", "")))
+        elif kind == "event" and run is not None and msg.get("kind") == "progress":
+            run.progress = msg.get("data")
         elif kind == "result" and run is not None:
             del session.inflight[str(msg["id"])]
             self._flush_one(queue, run)
             results.append((run.task_id, run.token, msg.get("result")))
+            if run.kind in PULL_KINDS:
+                pulls.pulled(queue.store, session.host, run.task_id, msg.get("result"))
         elif kind == "error" and run is not None:
             del session.inflight[str(msg["id"])]
             self._flush_one(queue, run)
             self._failed(queue, run, msg)
+            if run.kind in PULL_KINDS:
+                pulls.pull_failed(queue.store, session.host, run.task_id, msg)
         elif kind == "protocol_error":
             log.warning("agent %s: %s", session.host, msg.get("message"))
             if msg.get("code") == "version_mismatch":
@@ -368,12 +424,20 @@ class Dispatcher:
     # -- output and leases -----------------------------------------------------------------
 
     def _flush_output(self, queue: TaskQueue, *, only_first: bool) -> None:
+        progress = []
         for agent in self.agents:
             if agent.session is None:
                 continue
             for run in agent.session.inflight.values():
                 if run.output and (not only_first or not run.first_output_flushed):
                     self._flush_one(queue, run)
+                if run.progress is not None and not only_first:
+                    progress.append((run.task_id, run.token, run.progress))
+                    run.progress = None
+        try:
+            queue.set_progress(progress)
+        except BitinglipError as exc:
+            log.warning("progress not stored: %s", exc)
 
     def _flush_one(self, queue: TaskQueue, run: Inflight) -> None:
         if not run.output:

@@ -42,6 +42,7 @@ class Inflight:
     sent_at: float
     output: list[str] = field(default_factory=list)
     first_output_flushed: bool = False
+    progress: Any = None  # the latest progress event's data, not stored yet (pulls)
 
 
 @dataclass(frozen=True)
