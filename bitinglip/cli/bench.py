@@ -61,6 +61,26 @@ def infer(
     _print(result, as_json)
 
 
+@app.command("pull")
+def pull(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="owner/repo[:FILE|:QUANT] on the hub to download.")],
+    fit_repo: Annotated[
+        str | None, typer.Option(help="Also time `models fit` over this repo's headers.")
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Downloads each way; medians.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON object.")] = False,
+) -> None:
+    """BitingLip's verified pull (agent, sha256, registry) vs a bare hf_hub_download of the
+    same file, in the same run; with --fit-repo, fit planning from the headers alone."""
+    from bitinglip.bench import pull as bench_pull
+
+    result = bench_pull.run(
+        profile_of(ctx), ref, fit_repo, rounds, progress=lambda s: note(f"bench pull {s}")
+    )
+    _print(result, as_json)
+
+
 @app.command("fleet")
 def fleet(
     ctx: typer.Context,

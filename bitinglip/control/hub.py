@@ -342,3 +342,22 @@ def _refused(name: str, status: int, server: str) -> HubError:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def download_bare(file: HubFile, folder: str) -> str:
+    """`hf_hub_download` of the file at its commit into `folder`, nothing else (no hash check):
+    the baseline of `bitinglip bench pull`."""
+    _require()
+    from huggingface_hub import hf_hub_download
+
+    with _hub_errors(repo=file.repo, revision=file.commit, filename=file.name, what=file.url):
+        return str(
+            hf_hub_download(
+                file.repo,
+                file.name,
+                revision=file.commit,
+                local_dir=folder,
+                endpoint=endpoint(),
+                token=token() or False,
+            )
+        )
