@@ -26,6 +26,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bitinglip_agent.protocol import unsafe_reason
 from bitinglip_agent.transfer import GIB, QUARANTINE_DIR, PullFailed, Transfer
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ DEFAULT_MARGIN_BYTES = GIB
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 5
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DRIVE = re.compile(r"[A-Za-z]:")
 
 
 def ignore_sigxfsz() -> None:
@@ -43,28 +43,6 @@ def ignore_sigxfsz() -> None:
     agent. Signal dispositions can only be set from the main thread; children inherit it."""
     if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
-def unsafe_reason(path: str) -> str | None:
-    """Why `path` may not name a file under the model dir, or None when it may."""
-    if not path:
-        return "is empty"
-    if "\x00" in path:
-        return "contains a NUL byte"
-    if "\\" in path:
-        return "contains a backslash"
-    if path.startswith("/"):
-        return "is absolute (leading '/')"
-    if _DRIVE.match(path):
-        return "starts with a drive letter"
-    if any(ord(c) < 0x20 for c in path):
-        return "contains a control character"
-    for part in path.split("/"):
-        if part == "":
-            return "has an empty component"
-        if part in (".", ".."):
-            return f"has a {part!r} component"
-    return None
 
 
 @dataclass(frozen=True)

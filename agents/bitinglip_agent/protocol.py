@@ -5,6 +5,7 @@ is expected, `id`. This is the one module of the agent that the control plane im
 from __future__ import annotations
 
 import json
+import re
 from typing import IO, Any, Callable
 
 PROTOCOL_VERSION = 1
@@ -156,3 +157,30 @@ def read_line(stream: IO[bytes]) -> bytes | None:
             if not rest or rest.endswith(b"\n"):
                 break
     return line
+
+
+# A drive letter (`C:`): refused in names, whatever the host's OS.
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def unsafe_reason(path: str) -> str | None:
+    """Why `path` may not name a file under a host's model dir, or None when it may (the
+    control plane checks a pull's names with this before queueing it, the agent again)."""
+    if not path:
+        return "is empty"
+    if "\x00" in path:
+        return "contains a NUL byte"
+    if "\\" in path:
+        return "contains a backslash"
+    if path.startswith("/"):
+        return "is absolute (leading '/')"
+    if _DRIVE.match(path):
+        return "starts with a drive letter"
+    if any(ord(c) < 0x20 for c in path):
+        return "contains a control character"
+    for part in path.split("/"):
+        if part == "":
+            return "has an empty component"
+        if part in (".", ".."):
+            return f"has a {part!r} component"
+    return None

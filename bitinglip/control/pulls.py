@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bitinglip_agent.protocol import unsafe_reason
+
 from bitinglip.config import HostConfig
 from bitinglip.control import registry
 from bitinglip.control.db import Store
@@ -53,6 +55,12 @@ def dest(file: HubFile) -> str:
 
 
 def plan(queue: TaskQueue, file: HubFile, hosts: Sequence[HostConfig]) -> list[Ticket]:
+    why = unsafe_reason(dest(file))
+    if why is not None:
+        raise InputError(
+            f"{file.repo} lists a file named {file.name!r} whose place in a model dir "
+            f"{why}; refused before anything was written"
+        )
     store = queue.store
     model_id = registry.register(store, file)
     tickets = []

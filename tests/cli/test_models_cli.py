@@ -193,7 +193,9 @@ def test_rm_asks_then_deletes_the_local_copy_and_forgets_the_model(
     assert cli.json("models", "ls") == []
 
 
-def test_rm_refuses_a_copy_being_pulled_and_one_on_an_ssh_host(cli: Cli, tmp_path: Path) -> None:
+def test_rm_refuses_a_copy_being_pulled_and_queues_an_ssh_hosts_removal(
+    cli: Cli, tmp_path: Path
+) -> None:
     profile = tmp_path / "fleet.toml"
     profile.write_text(
         '[[hosts]]\nname = "local"\nkind = "local"\n\n'
@@ -207,13 +209,15 @@ def test_rm_refuses_a_copy_being_pulled_and_one_on_an_ssh_host(cli: Cli, tmp_pat
     store.close()
     done = cli("--profile", profile, "models", "rm", str(model_id), "--yes")
     assert done.exit_code == 1
-    assert stderr_lines(done.stderr) == [
-        "bitinglip: 2 of 2 copies kept: gpu-1: removing from SSH hosts needs a running "
-        f"controller; local: {REPO}:copy-Q8_0.gguf on local is being pulled; cancel its pull "
-        "first"
-    ]
+    assert stderr_lines(done.stderr)[-1] == (
+        f"bitinglip: 1 of 2 copies kept: local: {REPO}:copy-Q8_0.gguf on local is being pulled; "
+        "cancel its pull first"
+    )
+    # The SSH host's copy is forgotten and its agent will delete the file: a `remove` task.
+    [remove] = cli.json("--profile", profile, "tasks", "ls")
+    assert (remove["kind"], remove["host"]) == ("remove", "gpu-1")
     missing = cli("models", "rm", f"{REPO}:Q8_0", "--host", "gpu-9", "--yes")
-    assert missing.exit_code == 1 and "has no copy on host gpu-9; it is on gpu-1, local" in (
+    assert missing.exit_code == 1 and "has no copy on host gpu-9; it is on local" in (
         missing.stderr
     )
     assert cli("models", "rm", "org/absent", "--yes").exit_code == 1

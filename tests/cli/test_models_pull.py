@@ -195,3 +195,20 @@ def test_cache_quota_evicts_the_least_recently_used_never_a_loaded_one(
     }
     wait_for(lambda: not paths[1].exists(), 30, "the evicted file to be deleted")
     assert paths[0].exists() and paths[2].exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.gguf", "a/../../evil.gguf", "sub\\evil.gguf"])
+def test_a_listing_with_an_escaping_name_is_refused_before_any_write(
+    cli: Cli,
+    hub: Hub,  # noqa: F811
+    name: str,
+) -> None:
+    """Whatever the hub lists, a file name that would leave the model dir is refused by the
+    control plane before a task exists (and by the agent again, see tests/agents)."""
+    hub.add_repo("org/evil-GGUF", {name: Q8})
+    before = sorted(p for p in cli.cwd.rglob("*") if "evil" in p.name)
+    result = cli("models", "pull", f"org/evil-GGUF:{name}")
+    assert result.exit_code == 2, result.stderr
+    assert "refused before anything was written" in result.stderr
+    assert sorted(p for p in cli.cwd.rglob("*") if "evil" in p.name) == before
+    assert cli.json("tasks", "ls") == []
