@@ -78,7 +78,8 @@ SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "proxy_jump")
 ENV_DATA_DIR = "BITINGLIP_DATA_DIR"
 ENV_DURABILITY = "BITINGLIP_DURABILITY"
 
-_TOP_KEYS = ("name", "data_dir", "durability", "controller", "queue", "hosts", "models")
+_TOP_KEYS = ("name", "data_dir", "durability", "controller", "queue", "hosts", "models", "hub")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL_KEYS = ("source", "file", "revision")
 _SOURCE = re.compile(
     r"pypi:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
@@ -171,6 +172,7 @@ class Profile:
     hosts: tuple[HostConfig, ...]
     models: Mapping[str, ModelAlias]
     shutdown_grace_s: float = 10.0
+    hub_token_env: str | None = None  # the environment variable holding the hub token
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
@@ -194,6 +196,7 @@ class Profile:
             },
             "queue": asdict(self.queue),
             "hosts": [host.to_dict() for host in self.hosts],
+            "hub": {"token_env": self.hub_token_env},
             "models": {
                 alias: {"source": m.source, "file": m.file, "revision": m.revision}
                 for alias, m in self.models.items()
@@ -269,6 +272,7 @@ def parse_profile(
         queue=_queue(top.table("queue", _QUEUE_KEYS)),
         hosts=_hosts(top.tables("hosts", _HOST_KEYS), folder, environ),
         models=_models(top.table("models")),
+        hub_token_env=_token_env(top.table("hub", ["token_env"])),
     )
 
 
@@ -386,6 +390,14 @@ def _identity_file(item: Table, folder: Path, env: Mapping[str, str]) -> Path | 
         fix = "point it at a private key file or remove the key to use the ssh-agent"
         item.fail("identity_file", f"{path} is not a file", fix)
     return path
+
+
+def _token_env(hub: Table) -> str | None:
+    name = hub.opt_str("token_env")
+    if name is not None and not _ENV_NAME.fullmatch(name):
+        problem = f"{describe(name)} is not an environment variable name"
+        hub.fail("token_env", problem, 'use a name like "HF_TOKEN_LAB"')
+    return name
 
 
 def _models(models: Table) -> dict[str, ModelAlias]:

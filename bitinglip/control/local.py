@@ -54,6 +54,11 @@ class LocalTransport:
         threading.Thread(
             target=self._drain_stderr, daemon=True, name=f"agent-err:{self.name}"
         ).start()
+        token = os.environ.get("HF_TOKEN")
+        if token:  # as over SSH: secrets reach the agent as a message, kept in its memory
+            from bitinglip_agent import protocol
+
+            self.send(protocol.encode("configure", "configure", secrets={"HF_TOKEN": token}))
 
     def send(self, data: bytes) -> bool:
         proc = self._proc

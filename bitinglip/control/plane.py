@@ -8,6 +8,7 @@ up`, or `embedded()` for the duration of one command), which holds the controlle
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -381,4 +382,14 @@ class ControlPlane:
 
 def open_control_plane(profile: Profile) -> ControlPlane:
     """Open the profile's state database (creating it on first use)."""
+    use_hub_token(profile)
     return ControlPlane(profile, open_store(profile.db_path, profile.durability))
+
+
+def use_hub_token(profile: Profile) -> None:
+    """`[hub] token_env` names the variable holding the hub token: it becomes this process's
+    HF_TOKEN (unless one is set), which the hub client and the agents' channels read. Only the
+    environment holds it: never the database, a log or a command line."""
+    name = profile.hub_token_env
+    if name and not os.environ.get("HF_TOKEN") and os.environ.get(name):
+        os.environ["HF_TOKEN"] = os.environ[name]

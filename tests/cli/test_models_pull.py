@@ -212,3 +212,24 @@ def test_a_listing_with_an_escaping_name_is_refused_before_any_write(
     assert "refused before anything was written" in result.stderr
     assert sorted(p for p in cli.cwd.rglob("*") if "evil" in p.name) == before
     assert cli.json("tasks", "ls") == []
+
+
+def test_the_token_comes_from_the_profiles_env_reference_and_is_never_stored(
+    cli: Cli,
+    hub: Hub,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert hub.token is not None
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # restored after, whatever the CLI sets
+    monkeypatch.setenv("LAB_HUB_TOKEN", hub.token)
+    hub.add_repo("org/gated-GGUF", {"g-Q8_0.gguf": Q8}, gated=True)
+    profile = tmp_path / "lab.toml"
+    profile.write_text(
+        '[hub]\ntoken_env = "LAB_HUB_TOKEN"\n\n[[hosts]]\nname = "local"\nkind = "local"\n'
+    )
+    pulled = cli.json("--profile", profile, "models", "pull", "org/gated-GGUF")
+    assert pulled["hosts"][0]["state"] == "ready"
+    for path in cli.data_dir.rglob("*"):
+        if path.is_file() and not path.name.endswith(".gguf"):
+            assert hub.token.encode() not in path.read_bytes(), path
