@@ -1,6 +1,7 @@
 """`bitinglip bench fleet`: worker challenges on every host of the profile at once.
 
-Per host, all hosts concurrently, each through its own AgentSession (no queue, no dispatcher):
+Per host, all hosts concurrently, each through its own `host_link.HostLink` (an AgentSession; no
+queue, no dispatcher):
 
 - `connect_ready_ms`: transport start to the agent's `hello`, in this fresh process (an SSH host:
   connect, probe, start the agent's daemon, open the channel; the agent must be installed);
@@ -34,11 +35,8 @@ down at the end) and a running `bitinglip up` is not disturbed.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,11 +46,12 @@ from typing import Any
 
 from bitinglip_agent import protocol
 
+from bitinglip.bench.host_link import REPLY_TIMEOUT_S, HostFailed, HostLink, one_line, why
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control import models
 from bitinglip.control.local import LocalTransport
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.sessions import AgentSession, Incoming, Transport
+from bitinglip.control.sessions import AgentSession, Transport
 from bitinglip.control.states import TaskState
 from bitinglip.control.tasks import TaskSpec
 from bitinglip.errors import BitinglipError, InputError
@@ -60,8 +59,6 @@ from bitinglip.errors import BitinglipError, InputError
 RTT_SAMPLES = 200
 ROUNDS = 5
 REFILL_PART = 4  # both pipelines top up once a quarter of the window is free
-HELLO_TIMEOUT_S = 60.0
-REPLY_TIMEOUT_S = 60.0
 GENERATE_TIMEOUT_S = 300.0
 TELEMETRY_WAIT_S = 3.0
 SETTLE_S = 1.0
@@ -81,10 +78,6 @@ for line in iter(read, b""):
 """
 
 Progress = Callable[[str], None]
-
-
-class HostFailed(BitinglipError):
-    """What stopped one host's measurements: its `status`."""
 
 
 @dataclass
@@ -149,114 +142,6 @@ def _transport(profile: Profile, bench: Profile, host: HostConfig) -> Transport:
 # -- one host through its session -----------------------------------------------------------
 
 
-class HostLink:
-    """One host's AgentSession; the bench reads its inbox (in one thread at a time)."""
-
-    def __init__(self, host: HostConfig, transport: Transport) -> None:
-        self.host = host
-        self.session = AgentSession(host.name, transport, self._receive)
-        self.started = self.hello_at = 0.0
-        self._inbox: collections.deque[Incoming] = collections.deque()
-        self._wake = threading.Event()
-        self._replies: dict[str, dict[str, Any]] = {}
-        self._ids = itertools.count(1)
-
-    def _receive(self, incoming: Incoming) -> None:
-        """The transport's thread: as the dispatcher's inbox, one wake per empty→non-empty."""
-        if incoming.msg is not None and incoming.msg["type"] == "hello":
-            self.hello_at = time.perf_counter()
-        self._inbox.append(incoming)
-        if len(self._inbox) == 1:
-            self._wake.set()
-
-    def start(self) -> float:
-        """Milliseconds from transport start to `hello`."""
-        self.started = time.perf_counter()
-        self.session.start()
-        deadline = time.monotonic() + HELLO_TIMEOUT_S
-        while self.session.hello is None:
-            self._pump(deadline, "hello")
-        return (self.hello_at - self.started) * 1000
-
-    def request(
-        self,
-        kind: str,
-        payload: dict[str, Any],
-        model: Any = None,
-        timeout: float = REPLY_TIMEOUT_S,
-    ) -> tuple[dict[str, Any], float]:
-        """One run, waited for: its reply (`result` or `error`) and seconds from send to it."""
-        start = time.perf_counter()
-        (run_id,) = self._send([(kind, payload, model)])
-        deadline = time.monotonic() + timeout
-        while run_id not in self._replies:
-            self._pump(deadline, kind)
-        return self._replies.pop(run_id), time.perf_counter() - start
-
-    def pipeline(self, n: int, window: int, refill: int = 1) -> float:
-        """Echo runs/s with at most `window` unanswered, topped up in one write once `refill`
-        (or all that are left) can go."""
-        sent = got = 0
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        start = time.perf_counter()
-        while got < n:
-            batch = min(window - (sent - got), n - sent)
-            if batch >= min(refill, n - sent) and batch > 0:
-                self._send([("echo", {"i": i}, None) for i in range(sent, sent + batch)])
-                sent += batch
-            self._pump(deadline, "echo")
-            failed = [r for r in self._replies.values() if r["type"] != "result"]
-            if failed:
-                raise HostFailed(f"echo failed: {_why(failed[0])}")
-            got += len(self._replies)
-            self._replies.clear()
-        return n / (time.perf_counter() - start)
-
-    def close(self) -> None:
-        """Stop the transport; an SSH host's daemon keeps running (the next phase attaches)."""
-        self.session.transport.close(5.0)
-
-    def _send(self, runs: list[tuple[str, dict[str, Any], Any]]) -> list[str]:
-        batch = []
-        for kind, payload, model in runs:
-            task_id = next(self._ids)
-            task = {"id": task_id, "kind": kind, "payload": payload}
-            if model is not None:
-                task["model"] = model
-            batch.append((task_id, 1, kind, task))
-        try:
-            self.session.run(batch)
-        except ConnectionError as exc:
-            raise HostFailed(str(exc)) from None
-        return [f"{task_id}.1" for task_id, *_ in batch]
-
-    def _pump(self, deadline: float, waiting_for: str) -> None:
-        """Wait for the inbox (until `deadline`), then handle all of it."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise HostFailed(f"no {waiting_for} from the agent within the time limit")
-        self._wake.wait(left)
-        self._wake.clear()  # before draining: an append after this sets it again
-        while self._inbox:
-            self._handle(self._inbox.popleft())
-
-    def _handle(self, incoming: Incoming) -> None:
-        msg = incoming.msg
-        if msg is None:
-            raise HostFailed(_one_line(incoming.reason or "the agent's connection closed"))
-        kind = msg["type"]
-        if kind == "hello":
-            self.session.hello = msg
-        elif kind == "detached":
-            raise HostFailed(_one_line(str(msg.get("reason"))))
-        elif kind == "protocol_error":
-            raise HostFailed(f"protocol error: {_one_line(str(msg.get('message')))}")
-        elif kind in ("result", "error"):
-            run_id = str(msg.get("id"))
-            if self.session.inflight.pop(run_id, None) is not None:
-                self._replies[run_id] = msg
-
-
 def _per_host(links: list[HostLink], model: str | None) -> list[HostResult]:
     if not links:
         return []
@@ -272,7 +157,7 @@ def _measure(link: HostLink, model: str | None) -> HostResult:
         for i in range(RTT_SAMPLES):
             reply, seconds = link.request("echo", {"i": i})
             if reply["type"] != "result":
-                raise HostFailed(f"echo failed: {_why(reply)}")
+                raise HostFailed(f"echo failed: {why(reply)}")
             samples.append(seconds * 1000)
         samples.sort()
         result.rtt_p50_ms = round(statistics.median(samples), 3)
@@ -296,7 +181,7 @@ def _tokens(link: HostLink, model: str | None) -> tuple[float | None, str | None
     link.request("generate", {**GENERATE, "max_tokens": 4}, spec, GENERATE_TIMEOUT_S)
     reply, seconds = link.request("generate", GENERATE, spec, GENERATE_TIMEOUT_S)
     if reply["type"] != "result":
-        return None, f"generate failed: {_why(reply)}"
+        return None, f"generate failed: {why(reply)}"
     tokens = reply["result"]["usage"]["completion_tokens"]
     return round(tokens / seconds, 2), None
 
@@ -356,7 +241,7 @@ def _pipelined(ok: list[HostLink], n: int, window: int, progress: Progress) -> d
             coro = ssh.raw_echo_rate(conn, argv, n, window, refill=refill, line=_run_line)
             out["raw_asyncssh_rounds"].append(round(loop.submit(coro).result(REPLY_TIMEOUT_S)))
     except (BitinglipError, TimeoutError) as exc:
-        progress(f"pipelined echo on {link.host.name} failed: {_one_line(str(exc))}")
+        progress(f"pipelined echo on {link.host.name} failed: {one_line(str(exc))}")
         return out
     finally:
         if conn is not None:
@@ -433,11 +318,3 @@ def _wait(ready: Callable[[], bool], what: str, every: float) -> None:
                 return
             raise HostFailed(f"bench fleet: waited {REPLY_TIMEOUT_S:g} s for {what}")
         time.sleep(every)
-
-
-def _why(reply: dict[str, Any]) -> str:
-    return f"{reply.get('code', reply.get('type'))}: {_one_line(str(reply.get('message', '')))}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -9,6 +9,7 @@ messages arrive through an inbox that rings the loop's doorbell. Per step:
 - claim work for every ready agent up to its free slots (echo is light: many at a time; model
   kinds up to the host's max_concurrency) and send it;
 - keep leases alive while an agent reports; forward cancel requests; restart dead agents.
+- watch the hosts: health, telemetry history, loaded models (`fleet_watch.FleetWatch`).
 
 Placement: every host with an attached agent takes tasks up to its free slots, hosts in turn
 (a rotating start, so work spreads), honouring a task's host and labels; an SSH host takes a
@@ -30,11 +31,11 @@ from bitinglip_agent.protocol import RETRYABLE
 
 from bitinglip.agent_bundle import Bundle
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import hosts, models, pulls, registry
+from bitinglip.control import models, pulls, registry
+from bitinglip.control.fleet_watch import FleetWatch
 from bitinglip.control.local import LocalTransport
 from bitinglip.control.sessions import AgentSession, Incoming, Inflight, Transport
 from bitinglip.control.tasks import Claim, TaskQueue
-from bitinglip.control.telemetry_ring import TelemetryRing
 from bitinglip.errors import BitinglipError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ PULL_SLOTS = 2  # downloads at once per host, beside its inference slots
 OUTPUT_FLUSH_S = 0.05
 RESTART_BACKOFF_S = (0.5, 30.0)
 SILENT_AFTER_S = 10.0  # an agent quiet this long (telemetry is 1 Hz) no longer keeps leases
-WATCH_EVERY_S = 1.0  # health and telemetry history are written this often (one commit each)
 
 
 @dataclass
@@ -71,10 +71,7 @@ class Dispatcher:
         self._bundle: Bundle | None = None
         self.accepting = True
         self.silent_after_s = min(SILENT_AFTER_S, profile.queue.lease_ttl_s)
-        self.tracker = hosts.HealthTracker()
-        self.ring = TelemetryRing()
-        self.health: dict[str, hosts.HostHealth] = {}
-        self._watch_at = 0.0
+        self.watch = FleetWatch()  # health, telemetry history, loaded models
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -130,7 +127,7 @@ class Dispatcher:
                 agent.session is not None
                 and agent.session.ready
                 and self.accepting
-                and self._heartbeat_ok(agent.host.name)
+                and self.watch.heartbeat_ok(agent.host.name)
             ):
                 busy |= self._fill(queue, agent)
         if now >= self._flush_at:
@@ -139,72 +136,13 @@ class Dispatcher:
         if now >= self._beat_at:
             self._heartbeat(queue)
             self._beat_at = now + self.profile.queue.lease_ttl_s / 4
-        if now >= self._watch_at:
-            self._watch(queue)
-            self._watch_at = now + WATCH_EVERY_S
+        self.watch.step(queue, self.agents, now)
         return busy
-
-    # -- health and telemetry history -----------------------------------------------------
-
-    def _heartbeat_ok(self, name: str) -> bool:
-        """An attached agent whose heartbeat went bad (silent for seconds) gets no new work."""
-        health = self.health.get(name)
-        return health is None or health.signals["heartbeat"].state != hosts.BAD
-
-    def _watch(self, queue: TaskQueue) -> None:
-        now_wall, now = time.time(), time.monotonic()
-        observed, samples = [], []
-        for agent in self.agents:
-            observed.append(self.tracker.observe(self._observation(agent, now), now_wall))
-            session = agent.session
-            if session is not None and session.telemetry is not None:
-                samples.append((agent.host.name, session.telemetry))
-        self.health = {h.host: h for h in observed}
-        try:
-            hosts.save(queue.store, observed)
-            self.ring.record(queue.store, samples)
-            self._mark_loaded(queue, samples)
-        except BitinglipError as exc:
-            log.warning("host state not saved: %s", exc)
-
-    @staticmethod
-    def _mark_loaded(queue: TaskQueue, samples: list[tuple[str, dict[str, Any]]]) -> None:
-        """The registry's `loaded` flags from what each agent says it has loaded (telemetry)."""
-        for host, snapshot in samples:
-            loaded = snapshot.get("models_loaded")
-            if not isinstance(loaded, list):
-                continue
-            rows = queue.store.conn.execute(
-                "SELECT model_id, path, loaded FROM host_models WHERE host = ? AND state = 'ready'",
-                (host,),
-            ).fetchall()
-            for model_id, path, was in rows:
-                if bool(was) != (path in loaded):
-                    registry.set_loaded(queue.store, host, model_id, path in loaded)
-
-    @staticmethod
-    def _observation(agent: HostAgent, now: float) -> hosts.HostObservation:
-        session, host = agent.session, agent.host
-        transport = None if session is None else session.transport
-        error = getattr(transport, "last_error", "") or (session.close_reason if session else "")
-        return hosts.HostObservation(
-            host=host.name,
-            connected=session is not None and session.ready,
-            error=error or None,
-            last_seen_age_s=None
-            if session is None or session.hello_at is None
-            else now - session.last_seen,
-            hello=None if session is None else session.hello,
-            telemetry=None if session is None else session.telemetry,
-            received_at=None if session is None else session.telemetry_at,
-            kind=host.kind,
-            address=None if host.address is None else f"{host.address}:{host.port}",
-        )
 
     def next_wake(self) -> float:
         """Seconds until a timer of this dispatcher is due."""
         now = time.monotonic()
-        due = [self._beat_at, self._watch_at]
+        due = [self._beat_at, self.watch.due_at]
         if self.inflight:
             due.append(self._flush_at)
         due += [a.restart_at for a in self.agents if a.session is None]
