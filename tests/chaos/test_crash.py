@@ -53,10 +53,18 @@ max_attempts = 10
 retry_backoff_s = 0.05
 retry_backoff_max_s = 0.2
 
+# The controller runs its share through this machine's agent; tasks pinned to the SSH host
+# are the external runner's (nothing listens at its address: the controller's attempts to
+# reach it are refused at once and backed off).
+[[hosts]]
+name = "here"
+kind = "local"
+
 [[hosts]]
 name = "{RUNNER_HOST}"
 kind = "ssh"
 address = "127.0.0.1"
+port = 9
 """
 
 
