@@ -53,6 +53,7 @@ class Agent:
         self.reattachable = reattachable
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
+        self._nudge = threading.Event()  # wakes the telemetry thread (attach, stop)
         self._runners: Any = None  # bitinglip_agent.runners.Runners, made on first model task
         self._downloads: Any = None  # bitinglip_agent.downloads.Downloads, made on first pull
         self._replay: collections.deque[bytes] = collections.deque(maxlen=REPLAY_LINES)
@@ -101,6 +102,7 @@ class Agent:
                 return False
             self._held, self._held_bytes = [], 0
             self.wfile = wfile
+        self._nudge.set()
         return True
 
     def detach(self, wfile: BinaryIO) -> None:
@@ -197,6 +199,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudge.set()
         if self._downloads is not None:
             self._downloads.stop_all()
         if self._runners is not None:
@@ -208,6 +211,7 @@ class Agent:
         sampler = telemetry.Sampler(self.options.model_dir)
         interval = self.options.telemetry_interval
         next_at = time.monotonic()
+        self._nudge.clear()  # an attachment before this thread began gets this first snapshot
         try:
             while not self._stop.is_set():
                 if self.wfile is not None:  # nobody to tell while detached
@@ -215,7 +219,9 @@ class Agent:
                     snapshot["models_loaded"] = self.loaded_models()
                     self.send("telemetry", snapshot=snapshot)
                 next_at += interval
-                self._stop.wait(max(next_at - time.monotonic(), 0.0))
+                if self._nudge.wait(max(next_at - time.monotonic(), 0.0)):
+                    self._nudge.clear()  # a new attachment: a snapshot now, then every interval
+                    next_at = time.monotonic()
         finally:
             sampler.close()
 

@@ -107,10 +107,12 @@ class Dispatcher:
                 items += [(f.task_id, f.token) for f in agent.session.inflight.values()]
                 agent.session.inflight.clear()
         released = queue.release(items, reason) if items else 0
+        self.watch.observe(queue, self.agents)  # what a short-lived controller saw is kept
         for agent in self.agents:
             if agent.session is not None:
                 agent.session.shutdown()
                 agent.session = None
+        self.watch.observe(queue, self.agents)  # ... and that it no longer holds a connection
         return released
 
     # -- one step of the loop --------------------------------------------------------------
