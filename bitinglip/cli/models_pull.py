@@ -35,6 +35,14 @@ def pull(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Follow the pulls until they end.")
     ] = True,
+    via_operator: Annotated[
+        bool,
+        typer.Option(
+            "--via-operator",
+            help="Download on this machine, then push to the hosts over SFTP (hosts with no "
+            "internet); verified on both sides.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Pull a GGUF file to hosts: pinned to a commit, size and sha256 before any byte moves,
@@ -42,6 +50,9 @@ def pull(
 
     Concurrent pulls of one file to one host merge. Exit 1 if any host's pull failed.
     """
+    if via_operator:
+        _via_operator(ctx, ref, host or (), parse_labels(label), all_hosts, revision, as_json)
+        return
     with plane_of(ctx) as plane:
         file, tickets = plane.pull(
             ref,
@@ -78,6 +89,51 @@ def pull(
     failed = [r for r in report if r["state"] not in ("ready", "queued", "running")]
     if failed:
         fail(f"pull failed on {', '.join(r['host'] for r in failed)}: {failed[0].get('error')}")
+
+
+def _via_operator(
+    ctx: typer.Context,
+    ref: str,
+    hosts: list[str] | tuple[str, ...],
+    labels: dict[str, str] | None,
+    all_hosts: bool,
+    revision: str | None,
+    as_json: bool,
+) -> None:
+    with plane_of(ctx) as plane:
+        file, placed = plane.pull_via_operator(
+            ref,
+            hosts=hosts,
+            labels=labels,
+            all_hosts=all_hosts,
+            revision=revision,
+            progress=lambda s: note(f"bitinglip: {s}"),
+        )
+    rows = [
+        {"host": h, "state": "failed", "error": p[len("error: ") :]}
+        if p.startswith("error: ")
+        else {"host": h, "state": "ready", "path": p}
+        for h, p in placed.items()
+    ]
+    if as_json:
+        emit_json(
+            {
+                "repo": file.repo,
+                "commit": file.commit,
+                "file": file.name,
+                "size": file.size,
+                "sha256": file.sha256,
+                "hosts": rows,
+            }
+        )
+    else:
+        for row in rows:
+            typer.echo(
+                f"{row['host']:<16} {row['state']:<10} {row.get('path') or row.get('error')}"
+            )
+    failed = [r for r in rows if r["state"] != "ready"]
+    if failed:
+        fail(f"push failed on {', '.join(r['host'] for r in failed)}: {failed[0]['error']}")
 
 
 def follow_pulls(plane: ControlPlane, tickets: list[Ticket], size: int) -> None:

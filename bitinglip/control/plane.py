@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bitinglip_agent.protocol import MODEL_KINDS
+from bitinglip_agent.protocol import MODEL_KINDS, unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control import controller, doorbell, jobs, models, pulls, registry, task_views
@@ -101,6 +101,31 @@ class ControlPlane:
 
         file = hub.resolve(ref, revision)
         return file, pulls.plan(self.queue, file, targets)
+
+    def pull_via_operator(
+        self,
+        ref: str,
+        *,
+        hosts: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        all_hosts: bool = False,
+        revision: str | None = None,
+        progress: Callable[[str], None] = lambda _s: None,
+    ) -> tuple[HubFile, dict[str, str]]:
+        """For hosts with no way to the hub: download here once, verified, then push to each
+        host over SFTP, verified there (`push.py`). Host -> path, or "error: ..."."""
+        from bitinglip.control import hub, push
+
+        targets = self.pull_targets(hosts, labels, all_hosts)
+        file = hub.resolve(ref, revision)
+        why = unsafe_reason(pulls.dest(file))
+        if why is not None:
+            raise InputError(f"{file.repo} lists {file.name!r}, whose place {why}; refused")
+        model_id = registry.register(self.store, file)
+        local = push.operator_copy(self.profile, file, progress)
+        return file, push.push_all(
+            self.store, self.profile, file, model_id, targets, local, progress
+        )
 
     def place_alias(self, name: str, ctx: int = 4096) -> tuple[HubFile, list[pulls.Ticket]] | None:
         """For a hub alias with no ready copy anywhere: pin it and pull it to the host where it

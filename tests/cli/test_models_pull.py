@@ -233,3 +233,10 @@ def test_the_token_comes_from_the_profiles_env_reference_and_is_never_stored(
     for path in cli.data_dir.rglob("*"):
         if path.is_file() and not path.name.endswith(".gguf"):
             assert hub.token.encode() not in path.read_bytes(), path
+
+
+def test_pull_via_operator_to_the_local_host(cli: Cli, commit: str) -> None:
+    pulled = cli.json("models", "pull", f"{REPO}:Q8_0", "--via-operator")
+    [copy] = pulled["hosts"]
+    assert copy["state"] == "ready" and Path(copy["path"]).read_bytes() == Q8
+    assert cli.json("tasks", "ls") == []  # no agent was asked: this process did it

@@ -12,6 +12,7 @@ from bitinglip.config import parse_profile
 from bitinglip.control import registry
 from bitinglip.control.plane import open_control_plane
 from bitinglip.control.tasks import TaskSpec
+from bitinglip.errors import HubError
 from tests.agents.conftest import wait_for
 from tests.hub.conftest import hub  # noqa: F401
 from tests.hub.gguf_files import tiny_gguf
@@ -69,3 +70,47 @@ def test_pull_to_two_ssh_hosts_then_place_by_copy(
     assert task.state == "succeeded", task.error
     assert task.ran_on == "gpu-3"
     assert copies["hosts"]["gpu-3"]["last_used_at"] is not None
+
+
+def test_via_operator_downloads_once_and_pushes_verified(
+    tmp_path: Path,
+    sshd_factory: SshdFactory,
+    ssh_profile: ProfileText,
+    hub: Hub,  # noqa: F811
+) -> None:
+    """For hosts without internet: this machine downloads once (the hub serves the file once),
+    pushes it over SFTP to both hosts, verified there; no pull task, no download by a host."""
+    hosts = [sshd_factory(name) for name in ("gpu-1", "gpu-2")]
+    trust(*hosts)
+    hub.add_repo(REPO, {"tiny-Q8_0.gguf": Q8})
+    profile = parse_profile(ssh_profile(hosts), name="f", path=None, data_dir=tmp_path / "data")
+    with open_control_plane(profile) as plane:
+        file, placed = plane.pull_via_operator(REPO, all_hosts=True)
+        assert sorted(registry.ready_on(plane.store, registry.register(plane.store, file))) == [
+            "gpu-1",
+            "gpu-2",
+        ]
+        assert plane.tasks() == []
+    for host in ("gpu-1", "gpu-2"):
+        path = Path(placed[host])
+        assert path.read_bytes() == Q8
+        assert path.is_relative_to(tmp_path / "remote" / host / "models")
+        assert not list(path.parent.glob("*.push-*"))
+    gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith("tiny-Q8_0.gguf")]
+    assert len(gets) == 1 and hub.bytes_sent[f"{REPO}/tiny-Q8_0.gguf"] == len(Q8)
+
+
+def test_via_operator_refuses_a_corrupt_download_and_pushes_nothing(
+    tmp_path: Path,
+    sshd_factory: SshdFactory,
+    ssh_profile: ProfileText,
+    hub: Hub,  # noqa: F811
+) -> None:
+    host = sshd_factory("gpu-1")
+    trust(host)
+    hub.add_repo(REPO, {"tiny-Q8_0.gguf": Q8})
+    hub.fault(REPO, "tiny-Q8_0.gguf", "flip")
+    profile = parse_profile(ssh_profile([host]), name="f", path=None, data_dir=tmp_path / "data")
+    with open_control_plane(profile) as plane, pytest.raises(HubError, match="sha256"):
+        plane.pull_via_operator(REPO)
+    assert not (tmp_path / "remote" / "gpu-1" / "models").exists()
