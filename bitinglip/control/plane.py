@@ -11,24 +11,24 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bitinglip_agent.protocol import MODEL_KINDS, unsafe_reason
+from bitinglip_agent.protocol import MODEL_KINDS
 
-from bitinglip.config import HostConfig, Profile
-from bitinglip.control import controller, doorbell, jobs, models, pulls, registry, task_views
+from bitinglip.config import Profile
+from bitinglip.control import controller, doorbell, jobs, models, task_views
 from bitinglip.control.db import Store, open_store
-from bitinglip.control.hub_refs import HubFile
 from bitinglip.control.loop import ControlLoop
+from bitinglip.control.plane_models import ModelActions
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
-from bitinglip.errors import InputError, NotFoundError, StateError
+from bitinglip.errors import InputError
 
 
-class ControlPlane:
+class ControlPlane(ModelActions):
     """One process's handle on the control plane. Use from one thread (it owns a connection)."""
 
     def __init__(self, profile: Profile, store: Store) -> None:
@@ -84,114 +84,6 @@ class ControlPlane:
                 models.check_name(self.profile, spec.model)
             except InputError as exc:
                 raise InputError(f"{prefix}{exc}") from None
-
-    def pull(
-        self,
-        ref: str,
-        *,
-        hosts: Sequence[str] = (),
-        labels: Mapping[str, str] | None = None,
-        all_hosts: bool = False,
-        revision: str | None = None,
-    ) -> tuple[HubFile, list[pulls.Ticket]]:
-        """Pin `ref` to a commit, file, size and sha256, then queue a pull on each chosen host
-        (or join the one in progress there)."""
-        targets = self.pull_targets(hosts, labels, all_hosts)
-        from bitinglip.control import hub  # huggingface_hub: only for commands that need it
-
-        file = hub.resolve(ref, revision)
-        return file, pulls.plan(self.queue, file, targets)
-
-    def pull_via_operator(
-        self,
-        ref: str,
-        *,
-        hosts: Sequence[str] = (),
-        labels: Mapping[str, str] | None = None,
-        all_hosts: bool = False,
-        revision: str | None = None,
-        progress: Callable[[str], None] = lambda _s: None,
-    ) -> tuple[HubFile, dict[str, str]]:
-        """For hosts with no way to the hub: download here once, verified, then push to each
-        host over SFTP, verified there (`push.py`). Host -> path, or "error: ..."."""
-        from bitinglip.control import hub, push
-
-        targets = self.pull_targets(hosts, labels, all_hosts)
-        file = hub.resolve(ref, revision)
-        why = unsafe_reason(pulls.dest(file))
-        if why is not None:
-            raise InputError(f"{file.repo} lists {file.name!r}, whose place {why}; refused")
-        model_id = registry.register(self.store, file)
-        local = push.operator_copy(self.profile, file, progress)
-        return file, push.push_all(
-            self.store, self.profile, file, model_id, targets, local, progress
-        )
-
-    def place_alias(self, name: str, ctx: int = 4096) -> tuple[HubFile, list[pulls.Ticket]] | None:
-        """For a hub alias with no ready copy anywhere: pin it and pull it to the host where it
-        fits best (from its GGUF header and the stored telemetry; the local host, else the
-        first, when no telemetry is stored yet). None when nothing needs pulling; InputError
-        when it fits nowhere."""
-        alias = self.profile.models.get(name)
-        if alias is None or not alias.source.startswith("hf:") or not self.profile.hosts:
-            return None
-        ref = alias.source.removeprefix("hf:") + (f":{alias.file}" if alias.file else "")
-        found = registry.find(self.store, name, self.profile)
-        if found is not None and any(
-            c["state"] in ("ready", "pulling") for c in found["hosts"].values()
-        ):
-            return None
-        from bitinglip.control import fit, hub, telemetry_ring
-
-        file = hub.resolve(ref, alias.revision)
-        [need] = fit.needs_for_files([file], hub.read_range, ctx)
-        hosts = {h.name: h for h in self.profile.hosts}
-        devices, _ = fit.gpus_from_telemetry(telemetry_ring.latest(self.store), set(hosts))
-        verdicts = [v for v in fit.plan(need, devices) if v.verdict != fit.Fit.NO]
-        if devices and not verdicts:
-            raise InputError(
-                f"model {name} ({file.name}, {need.total(fit.GIB) / fit.GIB:.1f} GiB with a "
-                f"{ctx}-token context) fits on no host of profile {self.profile.name}; see "
-                f"`bitinglip models fit {file.repo}`"
-            )
-        if verdicts:
-            best = max(verdicts, key=lambda v: (v.verdict == fit.Fit.FITS, v.layers_on_gpu, v.free))
-            target = hosts[best.host]
-        else:
-            local = [h for h in self.profile.hosts if h.kind == "local"]
-            target = (local or list(self.profile.hosts))[0]
-        return file, pulls.plan(self.queue, file, [target])
-
-    def pull_targets(
-        self, names: Sequence[str], labels: Mapping[str, str] | None, all_hosts: bool
-    ) -> list[HostConfig]:
-        """The hosts a pull goes to: --host names, --label matches, --all, or the only host."""
-        every = list(self.profile.hosts)
-        known = {h.name: h for h in every}
-        for name in names:
-            if name not in known:
-                raise InputError(
-                    f"unknown host {name!r}; hosts in profile {self.profile.name}: "
-                    f"{', '.join(known) or '(none)'}"
-                )
-        if all_hosts:
-            return every
-        chosen = [known[n] for n in names]
-        if labels:
-            chosen += [
-                h for h in every if h not in chosen and labels.items() <= dict(h.labels).items()
-            ]
-            if not chosen:
-                wanted = ", ".join(f"{k}={v}" for k, v in labels.items())
-                raise InputError(f"no host in profile {self.profile.name} has labels {wanted}")
-        if chosen:
-            return chosen
-        if len(every) == 1:
-            return every
-        raise InputError(
-            f"profile {self.profile.name} has {len(every)} hosts; choose with --host NAME, "
-            "--label k=v or --all"
-        )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -282,12 +174,6 @@ class ControlPlane:
         next(changes)
         next(changes, None)
 
-    def model_copy_path(self, host: str, model_id: int) -> str | None:
-        row = self.store.conn.execute(
-            "SELECT path FROM host_models WHERE host = ? AND model_id = ?", (host, model_id)
-        ).fetchone()
-        return None if row is None else row[0]
-
     def wait(self, task_id: int, timeout: float | None = None) -> Task:
         """Block until the task is in a terminal state (or `timeout` passes); return it."""
         for _ in self._each_change(timeout):
@@ -325,39 +211,6 @@ class ControlPlane:
                     self.loop.finished.wait(0.05)
         else:
             time.sleep(min(0.0005 * 2**quiet, 0.02))
-
-    # -- model copies ----------------------------------------------------------------------
-
-    def remove_model_copy(self, host: str, model_id: int) -> str | None:
-        """Delete a registered model's copy on `host` and forget it; the path removed, or None.
-
-        A copy being pulled is refused (cancel its task first), and so is one a live controller
-        has loaded. On the local host the file is deleted here; on an SSH host a `remove` task
-        has the host's agent delete it; a host no longer in the profile only loses its record.
-        """
-        model = registry.get(self.store, model_id)
-        copy = None if model is None else model["hosts"].get(host)
-        if model is None or copy is None:
-            raise NotFoundError(f"model {model_id} has no copy on host {host}")
-        what = f"{model['repo']}:{model['file']} on {host}"
-        if copy["state"] == registry.PULLING:
-            task = f" by task {copy['task_id']}" if copy["task_id"] is not None else ""
-            raise StateError(f"{what} is being pulled{task}; cancel its pull first")
-        holder = self.controller()
-        if copy["loaded"] and holder is not None and holder.alive:
-            raise StateError(f"{what} is loaded; it unloads after 5 idle minutes, retry then")
-        kind = next((h.kind for h in self.profile.hosts if h.name == host), None)
-        if kind == "ssh":  # the host's agent deletes it: a task, run when it is reachable
-            pulls.remove(self.queue, host, model_id, copy["path"])
-            return str(copy["path"])
-        path = copy["path"] if kind == "local" else None
-        if path is not None:
-            try:
-                Path(path).unlink(missing_ok=True)
-            except OSError as exc:
-                raise StateError(f"{what}: cannot delete {path}: {exc.strerror}") from None
-        registry.forget_host_copy(self.store, host, model_id)
-        return path
 
     # -- serving ---------------------------------------------------------------------------
 

@@ -221,7 +221,7 @@ def test_the_token_comes_from_the_profiles_env_reference_and_is_never_stored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert hub.token is not None
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # restored after, whatever the CLI sets
+    monkeypatch.setenv("HF_TOKEN", "")  # empty counts as unset; restored after the test
     monkeypatch.setenv("LAB_HUB_TOKEN", hub.token)
     hub.add_repo("org/gated-GGUF", {"g-Q8_0.gguf": Q8}, gated=True)
     profile = tmp_path / "lab.toml"
