@@ -204,7 +204,7 @@ def serve(listener: socket.socket, options: AgentOptions, detached_exit_s: float
 def _serve_one(agent: Agent, conn: socket.socket, lines: protocol.LineReader, first: bytes) -> None:
     wfile = conn.makefile("wb")
     try:
-        if agent.attach(wfile):
+        if agent.attach(wfile, _wanted(first)):
             agent.handle_line(first)
             agent.flush()
             agent.read_from(lines)
@@ -215,6 +215,17 @@ def _serve_one(agent: Agent, conn: socket.socket, lines: protocol.LineReader, fi
         for closable in (wfile, conn):
             with contextlib.suppress(OSError):
                 closable.close()
+
+
+def _wanted(first: bytes) -> set[str] | None:
+    """The runs a re-attaching control plane still waits for (its first line, a `ping`, lists
+    them); None when it does not say: then every kept line is sent."""
+    try:
+        msg = json.loads(first)
+    except ValueError:
+        return None
+    runs = msg.get("runs") if isinstance(msg, dict) else None
+    return {str(r) for r in runs} if isinstance(runs, list) else None
 
 
 def _accept(

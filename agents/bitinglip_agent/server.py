@@ -56,8 +56,8 @@ class Agent:
         self._nudge = threading.Event()  # wakes the telemetry thread (attach, stop)
         self._runners: Any = None  # bitinglip_agent.runners.Runners, made on first model task
         self._downloads: Any = None  # bitinglip_agent.downloads.Downloads, made on first pull
-        self._replay: collections.deque[bytes] = collections.deque(maxlen=REPLAY_LINES)
-        self._held: list[bytes] = []
+        self._replay: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=REPLAY_LINES)
+        self._held: list[tuple[str, bytes]] = []
         self._held_bytes = 0
         self._facts: Any = None  # (host facts, capabilities), gathered for the first hello
         self._batching = False  # replies of the reading thread wait for the batch's end
@@ -70,9 +70,9 @@ class Agent:
         line = protocol.encode(msg_type, msg_id, **fields)
         with self._write_lock:
             if self.reattachable and msg_type in ("result", "error") and msg_id is not None:
-                self._replay.append(line)
+                self._replay.append((msg_id, line))
             if self.wfile is None:
-                self._hold(msg_type, line)
+                self._hold(msg_type, msg_id, line)
                 return
             try:
                 self.wfile.write(line)
@@ -83,18 +83,22 @@ class Agent:
                     self._stop.set()  # the control plane went away
                     return
                 self.wfile = None  # detached: the next connection gets what follows
-                self._hold(msg_type, line)
+                self._hold(msg_type, msg_id, line)
 
-    def _hold(self, msg_type: str, line: bytes) -> None:
+    def _hold(self, msg_type: str, msg_id: str | None, line: bytes) -> None:
         """Keep an output event for the next connection (results are in the replay ring)."""
         if msg_type == "event" and self._held_bytes + len(line) <= HELD_BYTES_MAX:
-            self._held.append(line)
+            self._held.append((msg_id or "", line))
             self._held_bytes += len(line)
 
-    def attach(self, wfile: BinaryIO) -> bool:
-        """Make `wfile` the connection: send it the kept lines, then `hello`. False if it broke."""
+    def attach(self, wfile: BinaryIO, wanted: set[str] | None = None) -> bool:
+        """Make `wfile` the connection: send it the kept lines (only those of the `wanted` runs,
+        when the control plane says which it still waits for), then `hello`. False if it broke.
+        """
         with self._write_lock:
-            lines = [*self._replay, *self._held, self._hello_line()]
+            kept = [*self._replay, *self._held]
+            lines = [line for run, line in kept if wanted is None or run in wanted]
+            lines.append(self._hello_line())
             try:
                 wfile.write(b"".join(lines))
                 wfile.flush()

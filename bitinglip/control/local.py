@@ -38,6 +38,7 @@ class LocalTransport:
         on_line: LineHandler,
         on_close: CloseHandler,
         on_detach: CloseHandler | None = None,  # a pipe never re-attaches: unused
+        in_flight: Callable[[], list[str]] | None = None,  # likewise
     ) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(

@@ -88,6 +88,7 @@ class RemoteTransport:
         self._wake: asyncio.Event | None = None
         self._task: concurrent.futures.Future[Any] | None = None
         self._out: list[bytes] = []
+        self._in_flight: Callable[[], list[str]] = list
         self._out_lock = threading.Lock()
         self._out_pending = False
         cached = bootstrap.load_probe(profile, host, bundle)
@@ -102,7 +103,9 @@ class RemoteTransport:
         on_line: Callable[[bytes], None],
         on_close: Callable[[str], None],
         on_detach: Callable[[str], None] | None = None,
+        in_flight: Callable[[], list[str]] | None = None,
     ) -> None:
+        self._in_flight = in_flight or list
         self._task = self.loop.submit(self._run(on_line, on_close, on_detach or (lambda _r: None)))
 
     def send(self, data: bytes) -> bool:
@@ -214,7 +217,8 @@ class RemoteTransport:
         self.attached = True
         self.last_error = ""
         self.attaches += 1
-        first = [protocol.encode("ping", "attach")]
+        # The runs we still wait for: the agent sends again only their kept results.
+        first = [protocol.encode("ping", "attach", runs=self._in_flight())]
         secrets = {k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
         if secrets:
             first.append(protocol.encode("configure", "configure", secrets=secrets))

@@ -29,6 +29,7 @@ class Transport(Protocol):
         on_line: Callable[[bytes], None],
         on_close: Callable[[str], None],
         on_detach: Callable[[str], None] | None = None,
+        in_flight: Callable[[], list[str]] | None = None,
     ) -> None: ...
     def send(self, data: bytes) -> bool: ...
     def close(self, timeout: float = 5.0) -> None: ...
@@ -74,7 +75,11 @@ class AgentSession:
         self.hello_at: float | None = None
 
     def start(self) -> None:
-        self.transport.start(self._on_line, self._on_close, self._on_detach)
+        self.transport.start(self._on_line, self._on_close, self._on_detach, self._in_flight)
+
+    def _in_flight(self) -> list[str]:
+        """Run ids sent and not answered yet (any thread: a copy is taken atomically)."""
+        return list(self.inflight.copy())
 
     @property
     def ready(self) -> bool:

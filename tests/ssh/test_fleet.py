@@ -311,3 +311,36 @@ def test_ssh_config_alias_is_honoured(
     import asyncio
 
     assert asyncio.run(whoami()).strip() == b"root"
+
+
+def test_a_result_produced_while_the_host_was_away_arrives_after_reconnect(
+    tmp_path: Path,
+    sshd_factory: Callable[..., SshdHost],
+    ssh_profile: ProfileText,
+    demo_model: Path,
+    running: Callable[[Profile], Any],
+) -> None:
+    """sshd gone (every connection dropped) while the agent finishes the task; sshd back: the
+    agent sends the result it kept, and the task succeeds once, on its first attempt."""
+    host = sshd_factory("gpu-1")
+    trust(host)
+    text = ssh_profile([host]).replace("lease_ttl_s = 2.0", "lease_ttl_s = 30.0")
+    profile = fleet_profile(tmp_path, text)
+    place_model(profile, demo_model)
+    with running(profile) as (plane, loop):
+        attached(loop, ["gpu-1"])
+        session = loop.dispatcher.agents[0].session
+        assert session is not None
+        transport = session.transport
+        assert isinstance(transport, RemoteTransport)
+        task_id = plane.submit(short_generate(8))
+        wait_for(lambda: session.inflight, 30, "the run to reach the agent")
+        host.stop()
+        time.sleep(4.0)  # the agent finishes meanwhile (8 tokens) and keeps the result
+        assert plane.task(task_id).state == "running"
+        host.start()
+        task = plane.wait(task_id, timeout=60)
+        claimed = claims(plane, task_id)
+    assert task.state == "succeeded", task.error
+    assert (task.attempt, claimed) == (1, 1)
+    assert transport.attaches >= 2
