@@ -75,10 +75,12 @@ print(json.dumps({
 }))
 """
 
-# Checks an uploaded file's digest on the host, then renames it into place (atomic).
-INSTALL = r"""
+# Checks an uploaded file's digest on the host, then gives it its mode and renames it into place
+# (atomic). argv: temporary path, final path, sha256, octal mode. The agent zipapp and pushed
+# models (push.py) land this way.
+PLACE = r"""
 import hashlib, os, sys
-tmp, final, digest = sys.argv[1], sys.argv[2], sys.argv[3]
+tmp, final, digest, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4], 8)
 h = hashlib.sha256()
 with open(tmp, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -86,7 +88,7 @@ with open(tmp, "rb") as f:
 if h.hexdigest() != digest:
     os.remove(tmp)
     sys.exit("uploaded file has sha256 %s, expected %s; removed it" % (h.hexdigest(), digest))
-os.chmod(tmp, 0o755)
+os.chmod(tmp, mode)
 os.rename(tmp, final)
 fd = os.open(os.path.dirname(final), os.O_RDONLY)
 os.fsync(fd)
@@ -234,7 +236,8 @@ async def install_agent(conn: Any, host: HostConfig, bundle: Bundle, found: Prob
     folder = found.agent.rsplit("/", 1)[0]
     tmp = f"{folder}/.tmp-{secrets.token_hex(6)}"
     await ssh.put_file(conn, bundle.path, tmp, found.executable)
-    done = await ssh.run(conn, [found.executable, "-c", INSTALL, tmp, found.agent, bundle.sha256])
+    argv = [found.executable, "-c", PLACE, tmp, found.agent, bundle.sha256, "755"]
+    done = await ssh.run(conn, argv)
     if done.status != 0:
         raise SshError(
             f"host {host.name}: installing the agent failed: "

@@ -20,24 +20,6 @@ from bitinglip.control.hub_refs import HubFile
 from bitinglip.control.pulls import dest
 from bitinglip.errors import BitinglipError, HubError, SshError
 
-# Runs on the host: check the pushed file's sha256, then rename it into place (atomic).
-PLACE = r"""
-import hashlib, os, sys
-tmp, final, digest = sys.argv[1], sys.argv[2], sys.argv[3]
-h = hashlib.sha256()
-with open(tmp, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-if h.hexdigest() != digest:
-    os.remove(tmp)
-    sys.exit("pushed file has sha256 %s, expected %s; removed it" % (h.hexdigest(), digest))
-os.chmod(tmp, 0o644)
-os.rename(tmp, final)
-fd = os.open(os.path.dirname(final), os.O_RDONLY)
-os.fsync(fd)
-os.close(fd)
-"""
-
 
 def operator_copy(profile: Profile, file: HubFile, progress: Callable[[str], None]) -> Path:
     """The file in this machine's cache, downloaded once and verified (reused when it is)."""
@@ -109,7 +91,8 @@ async def _push(profile: Profile, host: HostConfig, file: HubFile, local: Path) 
         final = f"{found.model_dir}/{dest(file)}"
         tmp = f"{final}.push-{os.getpid()}"
         await ssh.put_file(conn, local, tmp, found.executable)
-        done = await ssh.run(conn, [found.executable, "-c", PLACE, tmp, final, file.sha256])
+        argv = [found.executable, "-c", bootstrap.PLACE, tmp, final, file.sha256, "644"]
+        done = await ssh.run(conn, argv)
         if done.status != 0:
             why = done.stderr.decode(errors="replace").strip().splitlines()
             raise SshError(f"host {host.name}: {why[-1] if why else done.status}", "remote")
