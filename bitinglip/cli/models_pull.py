@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import emit_json, fail, note, parse_labels, plane_of
+from bitinglip.control.hub_refs import HubFile
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.pulls import Ticket
 from bitinglip.control.tasks import TERMINAL, TaskState
@@ -70,22 +71,7 @@ def pull(
             with plane.embedded():
                 follow_pulls(plane, tickets, file.size)
         report = [_outcome(plane, t) for t in tickets]
-    if as_json:
-        emit_json(
-            {
-                "repo": file.repo,
-                "commit": file.commit,
-                "file": file.name,
-                "size": file.size,
-                "sha256": file.sha256,
-                "hosts": report,
-            }
-        )
-    else:
-        for row in report:
-            typer.echo(
-                f"{row['host']:<16} {row['state']:<10} {row.get('path') or row.get('error') or ''}"
-            )
+    _report(file, report, as_json)
     failed = [r for r in report if r["state"] not in ("ready", "queued", "running")]
     if failed:
         fail(f"pull failed on {', '.join(r['host'] for r in failed)}: {failed[0].get('error')}")
@@ -115,25 +101,20 @@ def _via_operator(
         else {"host": h, "state": "ready", "path": p}
         for h, p in placed.items()
     ]
-    if as_json:
-        emit_json(
-            {
-                "repo": file.repo,
-                "commit": file.commit,
-                "file": file.name,
-                "size": file.size,
-                "sha256": file.sha256,
-                "hosts": rows,
-            }
-        )
-    else:
-        for row in rows:
-            typer.echo(
-                f"{row['host']:<16} {row['state']:<10} {row.get('path') or row.get('error')}"
-            )
+    _report(file, rows, as_json)
     failed = [r for r in rows if r["state"] != "ready"]
     if failed:
         fail(f"push failed on {', '.join(r['host'] for r in failed)}: {failed[0]['error']}")
+
+
+def _report(file: HubFile, rows: list[dict[str, Any]], as_json: bool) -> None:
+    """What happened on each host: JSON, or one line per host."""
+    if as_json:
+        keys = {"repo": file.repo, "commit": file.commit, "file": file.name, "quant": file.quant}
+        emit_json(keys | {"size": file.size, "sha256": file.sha256, "hosts": rows})
+        return
+    for row in rows:
+        typer.echo(f"{row['host']:<16} {row['state']:<10} {row.get('path') or row.get('error')}")
 
 
 def follow_pulls(plane: ControlPlane, tickets: list[Ticket], size: int) -> None:
