@@ -91,6 +91,27 @@ def claims(plane: ControlPlane, task_id: int) -> int:
     return int(rows[0])
 
 
+def model_fleet(
+    tmp_path: Path, hosts: list[SshdHost], text: str, model: Path, *, one_slot: bool = False
+) -> Profile:
+    """A profile of trusted sshd hosts, each with the demo model in its model dir."""
+    trust(*hosts)
+    if one_slot:
+        text = text.replace("[[hosts]]", "[[hosts]]\nmax_concurrency = 1")
+    profile = fleet_profile(tmp_path, text)
+    place_model(profile, model)
+    return profile
+
+
+def first_session(loop: ControlLoop) -> tuple[Any, RemoteTransport]:
+    """The first host's session and its SSH transport."""
+    assert loop.dispatcher is not None
+    session = loop.dispatcher.agents[0].session
+    assert session is not None
+    assert isinstance(session.transport, RemoteTransport)
+    return session, session.transport
+
+
 def test_work_spreads_over_three_hosts(
     tmp_path: Path,
     three_hosts: list[SshdHost],
@@ -98,10 +119,9 @@ def test_work_spreads_over_three_hosts(
     demo_model: Path,
     running: Callable[[Profile], Any],
 ) -> None:
-    trust(*three_hosts)
-    text = ssh_profile(three_hosts).replace("[[hosts]]", "[[hosts]]\nmax_concurrency = 1")
-    profile = fleet_profile(tmp_path, text)
-    place_model(profile, demo_model)
+    profile = model_fleet(
+        tmp_path, three_hosts, ssh_profile(three_hosts), demo_model, one_slot=True
+    )
     with running(profile) as (plane, loop):
         attached(loop, [h.name for h in three_hosts])
         ids = plane.submit_many([short_generate(4) for _ in range(6)])
@@ -119,15 +139,10 @@ def test_connection_cut_mid_task_neither_fails_nor_reruns(
     running: Callable[[Profile], Any],
 ) -> None:
     host = sshd_factory("gpu-1")
-    trust(host)
-    profile = fleet_profile(tmp_path, ssh_profile([host]))
-    place_model(profile, demo_model)
+    profile = model_fleet(tmp_path, [host], ssh_profile([host]), demo_model)
     with running(profile) as (plane, loop):
         attached(loop, ["gpu-1"])
-        session = loop.dispatcher.agents[0].session
-        assert session is not None
-        transport = session.transport
-        assert isinstance(transport, RemoteTransport)
+        session, transport = first_session(loop)
         task_id = plane.submit(short_generate(48))
         wait_for(lambda: plane.task(task_id).state == "running", 30, "the task to start")
         wait_for(lambda: session.inflight, 30, "the run to reach the agent")
@@ -148,10 +163,9 @@ def test_stopping_one_host_requeues_only_its_tasks(
     demo_model: Path,
     running: Callable[[Profile], Any],
 ) -> None:
-    trust(*three_hosts)
-    text = ssh_profile(three_hosts).replace("[[hosts]]", "[[hosts]]\nmax_concurrency = 1")
-    profile = fleet_profile(tmp_path, text)
-    place_model(profile, demo_model)
+    profile = model_fleet(
+        tmp_path, three_hosts, ssh_profile(three_hosts), demo_model, one_slot=True
+    )
     with running(profile) as (plane, loop):
         attached(loop, [h.name for h in three_hosts])
         ids = plane.submit_many([short_generate(32) for _ in range(3)])
@@ -323,16 +337,11 @@ def test_a_result_produced_while_the_host_was_away_arrives_after_reconnect(
     """sshd gone (every connection dropped) while the agent finishes the task; sshd back: the
     agent sends the result it kept, and the task succeeds once, on its first attempt."""
     host = sshd_factory("gpu-1")
-    trust(host)
     text = ssh_profile([host]).replace("lease_ttl_s = 2.0", "lease_ttl_s = 30.0")
-    profile = fleet_profile(tmp_path, text)
-    place_model(profile, demo_model)
+    profile = model_fleet(tmp_path, [host], text, demo_model)
     with running(profile) as (plane, loop):
         attached(loop, ["gpu-1"])
-        session = loop.dispatcher.agents[0].session
-        assert session is not None
-        transport = session.transport
-        assert isinstance(transport, RemoteTransport)
+        session, transport = first_session(loop)
         task_id = plane.submit(short_generate(8))
         wait_for(lambda: session.inflight, 30, "the run to reach the agent")
         host.stop()
