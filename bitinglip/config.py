@@ -50,6 +50,13 @@ from bitinglip.config_files import (
     user_config_dir,
     valid_name,
 )
+from bitinglip.config_sections import (
+    DEFAULT_KEYS,
+    GATEWAY_KEYS,
+    GatewayConfig,
+    parse_gateway,
+    parse_keys,
+)
 from bitinglip.errors import ConfigError
 
 __all__ = [
@@ -59,6 +66,7 @@ __all__ = [
     "ENV_DURABILITY",
     "ENV_PROFILE",
     "HOST_KINDS",
+    "GatewayConfig",
     "HostConfig",
     "ModelAlias",
     "Profile",
@@ -78,7 +86,18 @@ SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "proxy_jump")
 ENV_DATA_DIR = "BITINGLIP_DATA_DIR"
 ENV_DURABILITY = "BITINGLIP_DURABILITY"
 
-_TOP_KEYS = ("name", "data_dir", "durability", "controller", "queue", "hosts", "models", "hub")
+_TOP_KEYS = (
+    "name",
+    "data_dir",
+    "durability",
+    "controller",
+    "queue",
+    "hosts",
+    "models",
+    "hub",
+    "keys",
+    "gateway",
+)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL_KEYS = ("source", "file", "revision")
 _SOURCE = re.compile(
@@ -173,10 +192,13 @@ class Profile:
     models: Mapping[str, ModelAlias]
     shutdown_grace_s: float = 10.0
     hub_token_env: str | None = None  # the environment variable holding the hub token
+    keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))  # console keys
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
 
     @property
     def db_path(self) -> Path:
@@ -197,6 +219,8 @@ class Profile:
             "queue": asdict(self.queue),
             "hosts": [host.to_dict() for host in self.hosts],
             "hub": {"token_env": self.hub_token_env},
+            "keys": dict(self.keys),
+            "gateway": self.gateway.to_dict(),
             "models": {
                 alias: {"source": m.source, "file": m.file, "revision": m.revision}
                 for alias, m in self.models.items()
@@ -273,6 +297,8 @@ def parse_profile(
         hosts=_hosts(top.tables("hosts", _HOST_KEYS), folder, environ),
         models=_models(top.table("models")),
         hub_token_env=_token_env(top.table("hub", ["token_env"])),
+        keys=parse_keys(top.table("keys")),
+        gateway=parse_gateway(top.table("gateway", GATEWAY_KEYS)),
     )
 
 
