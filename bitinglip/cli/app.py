@@ -12,6 +12,7 @@ import typer
 from bitinglip import __version__
 from bitinglip.cli import (
     bench,
+    console,
     hosts,
     infer,
     jobs,
@@ -63,19 +64,28 @@ def root(
             help="Where the state database lives (overrides $BITINGLIP_DATA_DIR and the profile).",
         ),
     ] = None,
+    readonly: Annotated[
+        bool,
+        typer.Option(
+            "--readonly",
+            help="Console only: watch without taking the controller role or changing anything.",
+        ),
+    ] = False,
+    view: Annotated[
+        str, typer.Option("--view", help="Console only: the view to open with (hosts, tasks, ...).")
+    ] = "hosts",
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """BitingLip: one view of every GPU, models where they should be, prompts through the fleet.
 
-    With no command, `bitinglip` is reserved for the interactive console, which is not part of
-    this release yet; it prints this help.
+    With no command, `bitinglip` opens the interactive console in this terminal.
     """
     if version:
         typer.echo(__version__)
         raise typer.Exit(0)
     ctx.obj = Options(profile=profile, data_dir=data_dir)
     if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
+        console.open_console(ctx, readonly=readonly, view=view)
 
 
 @app.command()

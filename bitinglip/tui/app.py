@@ -1,0 +1,351 @@
+"""The console app: a header with breadcrumbs, one view at a time, a `:` command line, a `/`
+filter line and a footer of keys. It gets its backend by injection (`ConsoleApp(backend)`), so
+tests and the benchmark drive the same app against a real control plane.
+
+Attributes down, messages up: the app tells views to refresh; views read through the backend in
+workers and post `View.Refreshed`; actions report through `acted`, which notifies the user and
+posts `Acted` for whoever listens (the tests do).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, ContentSwitcher, Footer, Input, Static
+from textual.worker import Worker, WorkerState
+
+from bitinglip.control import task_views
+from bitinglip.control.plane import ControlPlane
+from bitinglip.tui.backend import Backend
+from bitinglip.tui.commands import ViewCommands
+from bitinglip.tui.views.base import MUTATING, View
+from bitinglip.tui.views.gpus import GpusView
+from bitinglip.tui.views.hosts import HostsView
+from bitinglip.tui.views.jobs import JobsView
+from bitinglip.tui.views.logs import LogsView
+from bitinglip.tui.views.models import ModelsView
+from bitinglip.tui.views.pulls import PullsView
+from bitinglip.tui.views.tasks import TasksView
+
+VIEW_TYPES: tuple[type[View], ...] = (
+    HostsView,
+    GpusView,
+    TasksView,
+    JobsView,
+    ModelsView,
+    PullsView,
+    LogsView,
+)
+ALIASES = {
+    "host": "hosts",
+    "fleet": "hosts",
+    "gpu": "gpus",
+    "task": "tasks",
+    "job": "jobs",
+    "model": "models",
+    "pull": "pulls",
+    "log": "logs",
+}
+GLOBAL_ACTIONS = {  # [keys] action -> (the app's action, footer text)
+    "command": ("command", "command"),
+    "filter": ("filter", "filter"),
+    "help": ("help", "help"),
+    "quit": ("quit", "quit"),
+    "back": ("go_back", "back"),
+}
+IN_FLIGHT = ("queued", "leased", "running")
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Asks a yes/no question; `y`/Enter on Yes confirms, `n`/Escape refuses."""
+
+    BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n,escape", "answer(False)", "no"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Static(self.question, id="question")
+            with Horizontal(id="answers"):
+                yield Button("Yes (y)", id="yes", variant="error")
+                yield Button("No (n)", id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys of the console and of the current view, and the `:` commands."""
+
+    BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
+        Binding("escape,q,question_mark", "dismiss", "close"),
+    ]
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="help"):
+            yield Static(self.text, id="help-text")
+
+
+class ConsoleApp(App[int]):
+    """`bitinglip` with no command."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "BitingLip"
+    AUTO_FOCUS = None  # the view decides (`View.focus_main`); the prompts stay closed
+    COMMANDS = App.COMMANDS | {ViewCommands}
+
+    class Acted(Message):
+        """An action finished: what, whether it worked, and the line shown to the user."""
+
+        def __init__(self, action: str, ok: bool, detail: str) -> None:
+            super().__init__()
+            self.action, self.ok, self.detail = action, ok, detail
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        start: str = "hosts",
+        tick_s: float = 1.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.now = now  # the clock views use for ages ("3s ago"); snapshot tests fix it
+        self.backend = backend
+        self.keys = {action: key_name(key) for action, key in backend.profile.keys.items()}
+        self.readonly = backend.readonly
+        self.start_view = start
+        self.tick_s = tick_s
+        self.views = {cls.VIEW: cls() for cls in VIEW_TYPES}
+        self.crash_log: Path | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="header")
+        with ContentSwitcher(initial=f"view-{self.start_view}", id="views"):
+            yield from self.views.values()
+        yield Input(placeholder=self._command_hint(), id="command", classes="prompt")
+        yield Input(
+            placeholder="filter: text, state:running, host:gpu-a, -state:dead",
+            id="filter",
+            classes="prompt",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for key_action, (action, description) in GLOBAL_ACTIONS.items():
+            self.bind(self.keys[key_action], action, description=description)
+        for cls in VIEW_TYPES:
+            self.bind(self.keys[cls.VIEW], f"show('{cls.VIEW}')", show=False)
+        self.set_interval(self.tick_s, self._tick)
+        self.show_view(self.start_view)
+
+    # -- views -----------------------------------------------------------------------------
+
+    @property
+    def current(self) -> View:
+        switcher = self.query_one("#views", ContentSwitcher)
+        return self.views[(switcher.current or f"view-{self.start_view}").removeprefix("view-")]
+
+    def show_view(self, name: str) -> View:
+        view = self.views[name]
+        self.query_one("#views", ContentSwitcher).current = view.id
+        view.focus_main()
+        view.reload()
+        self._paint_header()
+        self.refresh_bindings()
+        return view
+
+    def action_show(self, name: str) -> None:
+        self.show_view(name)
+
+    def _tick(self) -> None:
+        self._paint_header()
+        if self.screen is self.screen_stack[0]:  # not while a detail or a question is open
+            self.current.reload()
+
+    def _paint_header(self) -> None:
+        role = self.backend.role
+        if self.backend.loop_error is not None:
+            role = f"control loop stopped: {self.backend.loop_error}"
+        crumbs = " ▸ ".join(["BitingLip", self.backend.profile.name, *self.crumbs()])
+        self.query_one("#header", Static).update(f"{crumbs}   [{role}]")
+
+    def crumbs(self) -> list[str]:
+        crumbs = list(self.current.crumbs)
+        for screen in self.screen_stack[1:]:
+            crumb = getattr(screen, "crumb", None)
+            if crumb:
+                crumbs.append(str(crumb))
+        return crumbs
+
+    # -- the command and filter lines ------------------------------------------------------
+
+    def action_command(self) -> None:
+        self._open_prompt("command", "")
+
+    def action_filter(self) -> None:
+        self._open_prompt("filter", self.current.filter_text)
+
+    def _open_prompt(self, which: str, value: str) -> None:
+        prompt = self.query_one(f"#{which}", Input)
+        prompt.value = value
+        prompt.add_class("open")
+        prompt.focus()
+
+    def action_go_back(self) -> None:
+        for which in ("command", "filter"):
+            prompt = self.query_one(f"#{which}", Input)
+            if prompt.has_class("open"):
+                prompt.remove_class("open")
+                self.current.focus_main()
+                return
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+            self._paint_header()
+        elif self.current.filter_text:
+            self.current.set_filter("")
+            self._paint_header()
+
+    @on(Input.Submitted, "#command")
+    def _command_submitted(self, event: Input.Submitted) -> None:
+        event.input.remove_class("open")
+        self.current.focus_main()
+        self.run_command(event.value)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        event.input.remove_class("open")
+        self.current.set_filter(event.value)
+        self.current.focus_main()
+        self._paint_header()
+
+    def run_command(self, text: str) -> None:
+        """`:hosts`, `:tasks state:running` (a view and its filter), `:help`, `:q`."""
+        words = text.strip().removeprefix(":").split(maxsplit=1)
+        if not words:
+            return
+        word, rest = words[0].lower(), (words[1] if len(words) > 1 else "")
+        name = ALIASES.get(word, word)
+        if name in self.views:
+            view = self.show_view(name)
+            if rest:
+                view.set_filter(rest)
+                self._paint_header()
+        elif word in ("q", "quit", "exit"):
+            self.call_next(self.action_quit)
+        elif word in ("help", "h", "?"):
+            self.action_help()
+        else:
+            known = ", ".join(f":{v}" for v in self.views)
+            self.notify(f"unknown command {word!r}; try {known}, :help, :q", severity="error")
+
+    def _command_hint(self) -> str:
+        return "command: " + " ".join(f":{v.VIEW}" for v in VIEW_TYPES) + " :help :q"
+
+    # -- help, quitting, asking ------------------------------------------------------------
+
+    def action_help(self) -> None:
+        view = self.current
+        lines = ["Keys", ""]
+        for action in GLOBAL_ACTIONS:
+            lines.append(f"  {self.keys[action]:<10} {action}")
+        for cls in VIEW_TYPES:
+            lines.append(f"  {self.keys[cls.VIEW]:<10} {cls.title}  (:{cls.VIEW})")
+        lines += ["", f"{view.title}", ""]
+        for action, description in view.ACTIONS.items():
+            if action in MUTATING and self.readonly:
+                continue
+            lines.append(f"  {self.keys[action]:<10} {description}")
+        lines += [
+            "",
+            "ctrl+p opens the command palette; keys are remapped in the profile's [keys].",
+        ]
+        self.push_screen(HelpScreen("\n".join(lines)))
+
+    async def action_quit(self) -> None:
+        if self.backend.role == "controller":
+            counts = await self.backend.call(_counts)
+            busy = sum(counts.get(state, 0) for state in IN_FLIGHT)
+            if busy:
+                question = (
+                    f"This console is the controller and {busy} task(s) are in flight. "
+                    "Quit? Running tasks get the grace period, then go back to the queue."
+                )
+                self.confirm(question, lambda: self.exit(0))
+                return
+        self.exit(0)
+
+    def confirm(self, question: str, then: Callable[[], Any]) -> None:
+        """Ask `question`; call `then` (on the UI thread) only on yes."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                then()
+
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def acted(self, action: str, ok: bool, detail: str) -> None:
+        """Tell the user how an action went (one line) and post `Acted`."""
+        self.notify(detail, severity="information" if ok else "error")
+        self.post_message(self.Acted(action, ok, detail))
+
+    # -- failures --------------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            what = event.worker.description or event.worker.name
+            self.notify(f"{what}: {_one_line(error)}", severity="error", timeout=8)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An unhandled error ends the app (Textual restores the terminal); first, write the
+        traceback to a crash log beside the state database so the user can report it."""
+        folder = self.backend.profile.data_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"console-crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+            self.crash_log = path
+        except OSError:
+            self.crash_log = None
+        super()._handle_exception(error)
+
+
+def key_name(key: str) -> str:
+    """A profile key (":" or "colon", "ctrl+r") as Textual names it ("colon", "ctrl+r")."""
+    return next(iter(Binding.make_bindings([(key, "noop")]))).key
+
+
+def _counts(plane: ControlPlane) -> dict[str, int]:
+    return task_views.counts(plane.store)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

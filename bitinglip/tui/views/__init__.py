@@ -1,0 +1,1 @@
+"""The console's views: one module each, all built on `base.View`."""

@@ -1,0 +1,25 @@
+"""GPUs view (being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from bitinglip.control.plane import ControlPlane
+from bitinglip.tui.views.base import View
+
+
+class GpusView(View):
+    VIEW = "gpus"
+    title = "GPUs"
+
+    def compose(self) -> ComposeResult:
+        yield Static("")
+
+    def fetch(self, plane: ControlPlane) -> Any:
+        return None
+
+    def show(self, data: Any) -> None:
+        pass

@@ -1,0 +1,25 @@
+"""Pulls view (being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from bitinglip.control.plane import ControlPlane
+from bitinglip.tui.views.base import View
+
+
+class PullsView(View):
+    VIEW = "pulls"
+    title = "Pulls"
+
+    def compose(self) -> ComposeResult:
+        yield Static("")
+
+    def fetch(self, plane: ControlPlane) -> Any:
+        return None
+
+    def show(self, data: Any) -> None:
+        pass

@@ -1,0 +1,73 @@
+"""Console fixtures: a real control plane (real SQLite file, the local agent) behind the app.
+
+`console(profile)` gives an app ready for `app.run_test()`, with its backend started and
+closed around the test. The app's posted messages are collected in `app_messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from textual.message import Message
+from textual.pilot import Pilot
+
+from bitinglip.config import Profile
+from bitinglip.tui.app import ConsoleApp
+from bitinglip.tui.backend import Backend
+
+SIZE = (120, 36)
+
+
+class Console:
+    """One console under test: the app, its pilot, the messages it posted, the backend."""
+
+    def __init__(self, app: ConsoleApp, pilot: Pilot[int], messages: list[Message]) -> None:
+        self.app, self.pilot, self.messages = app, pilot, messages
+        self.backend = app.backend
+
+    def posted(self, kind: type[Message]) -> list[Any]:
+        return [m for m in self.messages if isinstance(m, kind)]
+
+    async def refreshed(self, view: str, timeout: float = 10.0) -> None:
+        """Wait until `view` has refreshed once more (its data is on screen)."""
+        from bitinglip.tui.views.base import View
+
+        seen = sum(1 for m in self.posted(View.Refreshed) if m.view == view)
+        self.app.views[view].reload()
+        for _ in range(int(timeout / 0.02)):
+            await self.pilot.pause(0.02)
+            if sum(1 for m in self.posted(View.Refreshed) if m.view == view) > seen:
+                return
+        raise AssertionError(f"view {view} did not refresh within {timeout}s")
+
+
+@pytest.fixture
+def console(profile: Profile) -> Callable[..., Any]:
+    """`async with console(profile=..., readonly=..., start=...) as c:` runs the app headless."""
+    backends: list[Backend] = []
+
+    @asynccontextmanager
+    async def run(
+        profile: Profile = profile,
+        *,
+        readonly: bool = False,
+        start: str = "hosts",
+        size: tuple[int, int] = SIZE,
+    ) -> AsyncIterator[Console]:
+        backend = Backend(profile, readonly=readonly)
+        backend.start()
+        backends.append(backend)
+        app = ConsoleApp(backend, start=start)
+        messages: list[Message] = []
+        async with app.run_test(size=size, message_hook=messages.append) as pilot:
+            yield Console(app, pilot, messages)
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _close_backends() -> Iterator[None]:
+    yield
