@@ -144,10 +144,12 @@ class ConsoleApp(App[int]):
         self.tick_s = tick_s
         self.views = {cls.VIEW: cls() for cls in VIEW_TYPES}
         self.crash_log: Path | None = None
+        self._header = Static("", id="header", markup=False)
+        self._switcher = ContentSwitcher(initial=f"view-{start}", id="views")
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="header")
-        with ContentSwitcher(initial=f"view-{self.start_view}", id="views"):
+        yield self._header
+        with self._switcher:
             yield from self.views.values()
         yield Input(placeholder=self._command_hint(), id="command", classes="prompt")
         yield Input(
@@ -169,12 +171,12 @@ class ConsoleApp(App[int]):
 
     @property
     def current(self) -> View:
-        switcher = self.query_one("#views", ContentSwitcher)
-        return self.views[(switcher.current or f"view-{self.start_view}").removeprefix("view-")]
+        current = self._switcher.current or f"view-{self.start_view}"
+        return self.views[current.removeprefix("view-")]
 
     def show_view(self, name: str) -> View:
         view = self.views[name]
-        self.query_one("#views", ContentSwitcher).current = view.id
+        self._switcher.current = view.id
         view.focus_main()
         view.reload()
         self._paint_header()
@@ -194,7 +196,7 @@ class ConsoleApp(App[int]):
         if self.backend.loop_error is not None:
             role = f"control loop stopped: {self.backend.loop_error}"
         crumbs = " ▸ ".join(["BitingLip", self.backend.profile.name, *self.crumbs()])
-        self.query_one("#header", Static).update(f"{crumbs}   [{role}]")
+        self._header.update(f"{crumbs}   [{role}]")
 
     def crumbs(self) -> list[str]:
         crumbs = list(self.current.crumbs)

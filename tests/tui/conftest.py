@@ -1,12 +1,14 @@
 """Console fixtures: a real control plane (real SQLite file, the local agent) behind the app.
 
-`console(profile)` gives an app ready for `app.run_test()`, with its backend started and
-closed around the test. The app's posted messages are collected in `app_messages`.
+`async with console(profile, readonly=, control=, start=) as c:` runs the app headless
+(`app.run_test()`) with its backend started, and closes the backend after. The app's posted messages are collected in `app_messages`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,27 +49,25 @@ class Console:
 @pytest.fixture
 def console(profile: Profile) -> Callable[..., Any]:
     """`async with console(profile=..., readonly=..., start=...) as c:` runs the app headless."""
-    backends: list[Backend] = []
 
     @asynccontextmanager
     async def run(
         profile: Profile = profile,
         *,
         readonly: bool = False,
+        control: bool = True,
         start: str = "hosts",
+        now: Callable[[], float] = time.time,
         size: tuple[int, int] = SIZE,
     ) -> AsyncIterator[Console]:
-        backend = Backend(profile, readonly=readonly)
+        backend = Backend(profile, readonly=readonly, control=control)
         backend.start()
-        backends.append(backend)
-        app = ConsoleApp(backend, start=start)
+        app = ConsoleApp(backend, start=start, now=now)
         messages: list[Message] = []
-        async with app.run_test(size=size, message_hook=messages.append) as pilot:
-            yield Console(app, pilot, messages)
+        try:
+            async with app.run_test(size=size, message_hook=messages.append) as pilot:
+                yield Console(app, pilot, messages)
+        finally:
+            await asyncio.to_thread(backend.close)
 
     return run
-
-
-@pytest.fixture(autouse=True)
-def _close_backends() -> Iterator[None]:
-    yield
