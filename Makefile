@@ -17,13 +17,14 @@ $(BIN)/.installed: pyproject.toml agents/pyproject.toml
 
 setup: $(BIN)/.installed
 
-# The SSH tests start real OpenSSH servers on 127.0.0.1 (tests/ssh/sshd.py); a fresh machine may
-# lack one. Debian/Ubuntu: installed with apt-get, through sudo unless we are root.
+# The SSH tests start real OpenSSH servers on 127.0.0.1 (tests/ssh/sshd.py) and the console's
+# terminal test runs it in tmux; a fresh machine may lack both. Debian/Ubuntu: installed with
+# apt-get, through sudo unless we are root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 sshd:
-	@test -x /usr/sbin/sshd && command -v ssh-keygen >/dev/null || { \
+	@test -x /usr/sbin/sshd && command -v ssh-keygen >/dev/null && command -v tmux >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server tmux; }
 
 # The embedded default: this machine is the only host, the demo model, nothing else running.
 run: setup

@@ -109,7 +109,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help"):
-            yield Static(self.text, id="help-text")
+            yield Static(self.text, id="help-text", markup=False)
 
 
 class ConsoleApp(App[int]):
@@ -276,19 +276,23 @@ class ConsoleApp(App[int]):
         view = self.current
         lines = ["Keys", ""]
         for action in GLOBAL_ACTIONS:
-            lines.append(f"  {self.keys[action]:<10} {action}")
+            lines.append(f"  {self.key_display(action):<10} {action}")
         for cls in VIEW_TYPES:
-            lines.append(f"  {self.keys[cls.VIEW]:<10} {cls.title}  (:{cls.VIEW})")
+            lines.append(f"  {self.key_display(cls.VIEW):<10} {cls.title}  (:{cls.VIEW})")
         lines += ["", f"{view.title}", ""]
         for action, description in view.ACTIONS.items():
             if action in MUTATING and self.readonly:
                 continue
-            lines.append(f"  {self.keys[action]:<10} {description}")
+            lines.append(f"  {self.key_display(action):<10} {description}")
         lines += [
             "",
             "ctrl+p opens the command palette; keys are remapped in the profile's [keys].",
         ]
         self.push_screen(HelpScreen("\n".join(lines)))
+
+    def key_display(self, action: str) -> str:
+        """How the key of `action` is written for people (":" rather than "colon")."""
+        return self.get_key_display(Binding(self.keys[action], action))
 
     async def action_quit(self) -> None:
         if self.backend.role == "controller":
