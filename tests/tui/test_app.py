@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-
 from textual.widgets import Input, Static
 
 from bitinglip.config import Profile

@@ -1,8 +1,8 @@
 """A real terminal for the console: tmux runs `bitinglip` in a pane we type into and read.
 
 `Terminal.start(argv, env)` opens a detached tmux session (its own server socket and no config
-file, so nothing touches the user's tmux) at a fixed size; `keys()` types, `screen()` reads the pane as text,
-`wait_for()` polls the screen. After the console exits, the pane's shell prints the exit code
+file, so nothing touches the user's tmux) at a fixed size; `keys()` types, `screen()` reads the
+pane as text, `wait_for()` polls the screen. After the console exits, the pane's shell prints the exit code
 and the terminal's modes, so a test can check that the terminal was restored.
 """
 
