@@ -2,8 +2,8 @@
 
 `Terminal.start(argv, env)` opens a detached tmux session (its own server socket and no config
 file, so nothing touches the user's tmux) at a fixed size; `keys()` types, `screen()` reads the
-pane as text, `wait_for()` polls the screen. After the console exits, the pane's shell prints the exit code
-and the terminal's modes, so a test can check that the terminal was restored.
+pane as text, `wait_for()` polls the screen. After the console exits, the pane's shell prints the
+exit code and the terminal's modes, so a test can check that the terminal was restored.
 """
 
 from __future__ import annotations
