@@ -141,9 +141,11 @@ def _daemonize(
             os._exit(0)
         os.close(lock_fd)
         _redirect_stdio(path + ".log")
+        _log_line(f"daemon started, pid {os.getpid()}, socket {path}")
         os.write(write_end, str(os.getpid()).encode())
         os.close(write_end)
         code = serve(listener, options, detached_exit_s)
+        _log_line(f"daemon stopped (exit {code})")
         with contextlib.suppress(OSError):
             os.unlink(path)  # gone: the next start makes a new one
     except BaseException as exc:  # noqa: BLE001 - the daemon's last words, then out
@@ -152,6 +154,13 @@ def _daemonize(
     finally:
         sys.stderr.flush()
     os._exit(code)
+
+
+def _log_line(text: str) -> None:
+    """One timestamped line in the daemon's log (its stderr), read by `bitinglip` Logs view."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write(f"{stamp} bitinglip_agent: {text}\n")
+    sys.stderr.flush()
 
 
 def _redirect_stdio(log_path: str) -> None:
@@ -189,11 +198,14 @@ def serve(listener: socket.socket, options: AgentOptions, detached_exit_s: float
                 if agent.active_runs():
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > detached_exit_s:
+                    _log_line(f"idle and detached for {detached_exit_s:g} s: exiting")
                     break
                 continue
             current[0] = conn
+            _log_line(f"a control plane attached ({len(agent.active_runs())} run(s) in progress)")
             _serve_one(agent, conn, lines, first)
             current[0] = None
+            _log_line(f"the control plane detached ({len(agent.active_runs())} run(s) go on)")
             idle_since = time.monotonic()
     finally:
         agent.stop()

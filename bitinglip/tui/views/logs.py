@@ -3,22 +3,28 @@
 The lines come from the backend's `LogRing` (the `bitinglip` logger: the control loop, the SSH
 sessions, and the local agents' stderr, which the control plane logs as `agent <host>: ...`).
 `/` filters: free text, `host:NAME` (that host's lines), `level:warning`, `-text` to exclude.
+With `host:NAME` of an SSH host, the tail of that host's own agent log (it runs detached and
+writes it on the host) is read over SSH every few seconds and shown first.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from textual.app import ComposeResult
 from textual.widgets import Log, Static
 
+from bitinglip.control import agent_logs
 from bitinglip.control.plane import ControlPlane
+from bitinglip.errors import BitinglipError
 from bitinglip.tui.backend import LogLine
 from bitinglip.tui.views.base import View
 
 SHOWN = 2_000
+REMOTE_EVERY_S = 5.0
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -35,7 +41,8 @@ class LogsView(View):
     def __init__(self) -> None:
         super().__init__()
         self._seen = 0
-        self._painted_filter: str | None = None
+        self._painted: tuple[str, float] | None = None  # (filter, remote fetch time) on screen
+        self._remote: tuple[str, float, list[str]] | None = None  # host, fetched at, lines
 
     def compose(self) -> ComposeResult:
         yield Static("", id="logs-summary", classes="summary")
@@ -49,21 +56,71 @@ class LogsView(View):
         assert isinstance(data, LogsData)
         log = self.query_one("#logs-text", Log)
         keep = line_filter(self.filter_text)
-        if self._painted_filter != self.filter_text:
+        remote = self._remote_lines()
+        painted = (self.filter_text, remote[0] if remote else 0.0)
+        if self._painted != painted:
             log.clear()
+            if remote:
+                log.write_lines(remote[1])
             new = data.lines
-            self._painted_filter = self.filter_text
+            self._painted = painted
         else:
             new = data.lines[max(0, len(data.lines) - (data.total - self._seen)) :]
         self._seen = data.total
         shown = [format_line(line) for line in new if keep(line)]
         if shown:
             log.write_lines(shown[-SHOWN:])
+        self._maybe_fetch_remote()
         where = f" matching {self.filter_text!r}" if self.filter_text else ""
         self.query_one("#logs-summary", Static).update(
             f"{data.total} line(s) logged this session{where}; "
             f"also in {self.console.backend.log.path or 'memory only'}"
         )
+
+    # -- an SSH host's own agent log -------------------------------------------------------
+
+    def _remote_host(self) -> str | None:
+        """The SSH host named by a `host:NAME` term of the filter, if any."""
+        ssh_hosts = {h.name for h in self.console.backend.profile.hosts if h.kind == "ssh"}
+        for word in self.filter_text.split():
+            key, _, value = word.partition(":")
+            if key == "host" and value in ssh_hosts:
+                return value
+        return None
+
+    def _remote_lines(self) -> tuple[float, list[str]] | None:
+        host = self._remote_host()
+        if host is None or self._remote is None or self._remote[0] != host:
+            return None
+        _, at, lines = self._remote
+        stamp = time.strftime("%H:%M:%S", time.localtime(at))
+        return at, [f"── agent log on {host} (read at {stamp}) ──", *lines, "── this console ──"]
+
+    def _maybe_fetch_remote(self) -> None:
+        host = self._remote_host()
+        if host is None:
+            return
+        if (
+            self._remote
+            and self._remote[0] == host
+            and time.time() - self._remote[1] < (REMOTE_EVERY_S)
+        ):
+            return
+        self.run_worker(
+            partial(self._fetch_remote, host),
+            group="logs:remote",
+            exclusive=True,
+            exit_on_error=False,
+            description=f"agent log of {host}",
+        )
+
+    async def _fetch_remote(self, host: str) -> None:
+        try:
+            lines = await agent_logs.tail(self.console.backend.profile, host)
+        except BitinglipError as exc:
+            lines = [f"(could not read the agent log: {exc})"]
+        self._remote = (host, time.time(), lines)
+        self.reload()
 
 
 def format_line(line: LogLine) -> str:
