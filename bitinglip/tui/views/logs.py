@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from textual.app import ComposeResult
@@ -106,8 +105,12 @@ class LogsView(View):
             and time.time() - self._remote[1] < (REMOTE_EVERY_S)
         ):
             return
+
+        async def fetch() -> None:
+            await self._fetch_remote(host)
+
         self.run_worker(
-            partial(self._fetch_remote, host),
+            fetch,
             group="logs:remote",
             exclusive=True,
             exit_on_error=False,
