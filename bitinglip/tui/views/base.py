@@ -81,7 +81,7 @@ class View(Vertical):
 
     def reload(self) -> None:
         self.run_worker(
-            self._load,
+            self._load,  # type: ignore[arg-type]  # mypy infers Never from WorkType
             group=f"load:{self.VIEW}",
             exclusive=True,
             exit_on_error=False,

@@ -110,7 +110,7 @@ class LogsView(View):
             await self._fetch_remote(host)
 
         self.run_worker(
-            fetch,
+            fetch,  # type: ignore[arg-type]  # mypy infers Never from WorkType
             group="logs:remote",
             exclusive=True,
             exit_on_error=False,
