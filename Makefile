@@ -27,9 +27,10 @@ sshd:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server tmux; }
 
 # The embedded default: this machine is the only host, the demo model, nothing else running.
+# One answer streamed from the demo model, then the console (in a terminal; else the status).
 run: setup
 	$(BIN)/bitinglip run gemma-3-270m "Why is the sky blue?" --max-tokens 64
-	$(BIN)/bitinglip status
+	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/bitinglip --view tasks; else $(BIN)/bitinglip status; fi
 
 check: setup sshd
 	$(BIN)/ruff format --check .
