@@ -128,7 +128,9 @@ class RemoteTransport:
         if self._task is not None:
             try:
                 self._task.result(timeout)
-            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            except concurrent.futures.CancelledError:
+                pass
+            except concurrent.futures.TimeoutError:
                 self._task.cancel()
 
     # -- the loop thread -------------------------------------------------------------------
@@ -145,6 +147,8 @@ class RemoteTransport:
         """Let what was sent (a `shutdown`) reach the agent, then end; at most `grace` s."""
         if self._channel is None:
             self._interrupt()
+            if self._task is not None:  # still connecting (a silent host): stop waiting for it
+                self._task.cancel()
             return
         self._channel.finish()
         self.loop.loop.call_later(grace, self._interrupt)
