@@ -179,7 +179,7 @@ class ConsoleApp(App[int]):
         self._switcher.current = view.id
         view.focus_main()
         view.reload()
-        self._paint_header()
+        self.paint_header()
         self.refresh_bindings()
         return view
 
@@ -187,11 +187,11 @@ class ConsoleApp(App[int]):
         self.show_view(name)
 
     def _tick(self) -> None:
-        self._paint_header()
+        self.paint_header()
         if self.screen is self.screen_stack[0]:  # not while a detail or a question is open
             self.current.reload()
 
-    def _paint_header(self) -> None:
+    def paint_header(self) -> None:
         role = self.backend.role
         if self.backend.loop_error is not None:
             role = f"control loop stopped: {self.backend.loop_error}"
@@ -217,35 +217,35 @@ class ConsoleApp(App[int]):
     def _open_prompt(self, which: str, value: str) -> None:
         prompt = self.query_one(f"#{which}", Input)
         prompt.value = value
-        prompt.add_class("open")
-        prompt.focus()
+        prompt.display = True
+        self.screen.set_focus(prompt)  # at once: the keys typed next go to the prompt
 
     def action_go_back(self) -> None:
         for which in ("command", "filter"):
             prompt = self.query_one(f"#{which}", Input)
-            if prompt.has_class("open"):
-                prompt.remove_class("open")
+            if prompt.display:
+                prompt.display = False
                 self.current.focus_main()
                 return
         if len(self.screen_stack) > 1:
             self.pop_screen()
-            self._paint_header()
+            self.paint_header()
         elif self.current.filter_text:
             self.current.set_filter("")
-            self._paint_header()
+            self.paint_header()
 
     @on(Input.Submitted, "#command")
     def _command_submitted(self, event: Input.Submitted) -> None:
-        event.input.remove_class("open")
+        event.input.display = False
         self.current.focus_main()
         self.run_command(event.value)
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
-        event.input.remove_class("open")
+        event.input.display = False
         self.current.set_filter(event.value)
         self.current.focus_main()
-        self._paint_header()
+        self.paint_header()
 
     def run_command(self, text: str) -> None:
         """`:hosts`, `:tasks state:running` (a view and its filter), `:help`, `:q`."""
@@ -258,7 +258,7 @@ class ConsoleApp(App[int]):
             view = self.show_view(name)
             if rest:
                 view.set_filter(rest)
-                self._paint_header()
+                self.paint_header()
         elif word in ("q", "quit", "exit"):
             self.call_next(self.action_quit)
         elif word in ("help", "h", "?"):
@@ -318,7 +318,7 @@ class ConsoleApp(App[int]):
 
     def acted(self, action: str, ok: bool, detail: str) -> None:
         """Tell the user how an action went (one line) and post `Acted`."""
-        self.notify(detail, severity="information" if ok else "error")
+        self.notify(detail, severity="information" if ok else "error", markup=False)
         self.post_message(self.Acted(action, ok, detail))
 
     # -- failures --------------------------------------------------------------------------
@@ -327,7 +327,7 @@ class ConsoleApp(App[int]):
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
             what = event.worker.description or event.worker.name
-            self.notify(f"{what}: {_one_line(error)}", severity="error", timeout=8)
+            self.notify(f"{what}: {_one_line(error)}", severity="error", timeout=8, markup=False)
 
     def _handle_exception(self, error: Exception) -> None:
         """An unhandled error ends the app (Textual restores the terminal); first, write the

@@ -1,7 +1,8 @@
 """Console fixtures: a real control plane (real SQLite file, the local agent) behind the app.
 
 `async with console(profile, readonly=, control=, start=) as c:` runs the app headless
-(`app.run_test()`) with its backend started, and closes the backend after. The app's posted messages are collected in `app_messages`.
+(`app.run_test()`) with its backend started, and closes the backend after; the messages the
+app posted are in `c.messages`.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ async def test_every_view_opens_by_key_and_by_command(console: Any) -> None:
         for name in ("hosts", "tasks", "logs", "gpu", "fleet"):
             await c.pilot.press("colon", *name, "enter")
             assert c.app.current.VIEW in VIEWS and name[:3] in c.app.current.VIEW + "fleet"
-        assert not c.app.query_one("#command", Input).has_class("open")
+        assert not c.app.query_one("#command", Input).display
 
 
 async def test_a_command_with_a_filter_sets_the_breadcrumb(console: Any) -> None:
@@ -138,7 +138,7 @@ async def test_observer_while_another_holds_the_lease_then_takes_over(
         async with console() as c:
             await c.pilot.pause(0.3)
             assert c.backend.role == "observer"
-            c.app._paint_header()
+            c.app.paint_header()
             assert "[observer]" in header(c.app)
             # An observer still submits; the work waits for the controller.
             task_id = await c.backend.call(
@@ -166,7 +166,7 @@ async def test_read_only_takes_no_lease_and_hides_actions(console: Any, profile:
         await c.pilot.pause(0.3)
         assert c.backend.role == "read-only" and c.backend.loop is None
         assert await c.backend.call(lambda plane: plane.controller()) is None
-        c.app._paint_header()
+        c.app.paint_header()
         assert "[read-only]" in header(c.app)
 
 
