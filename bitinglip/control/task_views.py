@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,10 +77,15 @@ def get_task(store: Store, task_id: int) -> Task:
 
 
 def list_tasks(
-    store: Store, *, state: TaskState | None = None, job_id: int | None = None, limit: int = 50
+    store: Store,
+    *,
+    state: TaskState | None = None,
+    job_id: int | None = None,
+    kinds: Sequence[str] = (),
+    limit: int = 50,
 ) -> list[Task]:
-    """Newest first."""
-    where, args = _filters(state, job_id)
+    """Newest first; only tasks of `kinds` when given (e.g. the pulls: "pull", "remove")."""
+    where, args = _filters(state, job_id, kinds)
     rows = store.conn.execute(
         f"SELECT {_COLUMNS} FROM tasks {where} ORDER BY id DESC LIMIT ?", (*args, limit)
     ).fetchall()
@@ -119,9 +125,14 @@ def output(store: Store, task_id: int) -> str:
     return "".join(r[0] for r in rows)
 
 
-def _filters(state: TaskState | None, job_id: int | None) -> tuple[str, tuple[Any, ...]]:
+def _filters(
+    state: TaskState | None, job_id: int | None, kinds: Sequence[str] = ()
+) -> tuple[str, tuple[Any, ...]]:
     clauses: list[str] = []
     args: list[Any] = []
+    if kinds:
+        clauses.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+        args.extend(kinds)
     if state is not None:
         clauses.append("state = ?")
         args.append(state.value)

@@ -1,0 +1,165 @@
+"""What the operator does to tasks, from the Tasks view and from a task's screen alike.
+
+Each action asks first where it is destructive (cancel, retry), runs its control-plane call in
+a worker on the backend thread, and reports through `ConsoleApp.acted`; then `done` runs (the
+caller refreshes). Errors of the control plane become the one line of the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual.dom import DOMNode
+
+from bitinglip.control import registry
+from bitinglip.control.jobs import Job
+from bitinglip.control.plane import ControlPlane
+from bitinglip.control.tasks import TaskSpec
+from bitinglip.errors import BitinglipError
+from bitinglip.tui.forms import SubmitForm, ValueForm
+
+if TYPE_CHECKING:
+    from bitinglip.tui.app import ConsoleApp
+
+Done = Callable[[], Any]
+
+
+class TaskActions:
+    """The actions, run by workers of `owner` (a view or a screen); `done` runs after each."""
+
+    def __init__(self, owner: DOMNode, done: Done) -> None:
+        self.owner, self.done = owner, done
+
+    @property
+    def console(self) -> ConsoleApp:
+        from bitinglip.tui.app import ConsoleApp
+
+        app = self.owner.app
+        assert isinstance(app, ConsoleApp)
+        return app
+
+    def _run(self, action: str, work: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
+        async def run() -> None:
+            try:
+                ok, detail = await work()
+            except BitinglipError as exc:
+                ok, detail = False, one_line(exc)
+            self.console.acted(action, ok, detail)
+            self.done()
+
+        self.owner.run_worker(run(), group=f"act:{action}", exit_on_error=False, description=action)
+
+    # -- cancel, retry, priority -----------------------------------------------------------
+
+    def cancel(self, task_id: int, what: str) -> None:
+        async def work() -> tuple[bool, str]:
+            outcome = (await self.console.backend.call(_cancel, task_id))[task_id]
+            return outcome in ("canceled", "cancel requested"), f"task {task_id}: {outcome}"
+
+        self.console.confirm(f"Cancel task {task_id} ({what})?", lambda: self._run("cancel", work))
+
+    def retry(self, task_id: int, what: str) -> None:
+        async def work() -> tuple[bool, str]:
+            outcome = (await self.console.backend.call(_retry, task_id))[task_id]
+            return outcome == "queued", f"task {task_id}: {outcome}"
+
+        question = f"Run task {task_id} ({what}) again, with a fresh attempt budget?"
+        self.console.confirm(question, lambda: self._run("retry", work))
+
+    def priority(self, task_id: int, current: int) -> None:
+        def chosen(value: str | None) -> None:
+            if value is None:
+                return
+
+            async def work() -> tuple[bool, str]:
+                await self.console.backend.call(_set_priority, task_id, int(value))
+                return True, f"task {task_id}: priority {int(value)}"
+
+            self._run("priority", work)
+
+        title = f"Priority of task {task_id} (higher runs first; only a queued task changes)"
+        self.console.push_screen(ValueForm(title, str(current), integer=True), chosen)
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, then: Callable[[int], Any]) -> None:
+        """The submit form; a queued task is handed to `then` (its id)."""
+
+        async def open_form() -> None:
+            models, hosts = await self.console.backend.call(_choices)
+            self.console.push_screen(SubmitForm(models, hosts), chosen)
+
+        def chosen(spec: TaskSpec | None) -> None:
+            if spec is None:
+                return
+
+            async def work() -> tuple[bool, str]:
+                task_id = await self.console.backend.call(_submit, spec)
+                then(task_id)
+                return True, f"task {task_id} queued: {spec.kind} on {spec.model}"
+
+            self._run("submit", work)
+
+        self.owner.run_worker(open_form(), group="form", exit_on_error=False, description="submit")
+
+    def batch(self, then: Callable[[Job], Any]) -> None:
+        """Ask for a JSONL path, submit it as a job; the queued job is handed to `then`."""
+
+        def chosen(value: str | None) -> None:
+            if value is None:
+                return
+            path = Path(value).expanduser()
+
+            async def work() -> tuple[bool, str]:
+                job = await self.console.backend.call(_submit_job, path)
+                then(job)
+                return True, f"job {job.id}: {job.total} {job.format} tasks queued from {path}"
+
+            self._run("batch", work)
+
+        self.console.push_screen(ValueForm("Batch: the path of a JSONL file of tasks"), chosen)
+
+
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+# -- on the backend thread ---------------------------------------------------------------------
+
+
+def _cancel(plane: ControlPlane, task_id: int) -> dict[int, str]:
+    return plane.cancel([task_id])
+
+
+def _retry(plane: ControlPlane, task_id: int) -> dict[int, str]:
+    return plane.retry([task_id])
+
+
+def _set_priority(plane: ControlPlane, task_id: int, priority: int) -> None:
+    plane.queue.set_priority(task_id, priority)
+
+
+def _submit(plane: ControlPlane, spec: TaskSpec) -> int:
+    return plane.submit(spec)
+
+
+def _submit_job(plane: ControlPlane, path: Path) -> Job:
+    return plane.submit_job(path)
+
+
+def _choices(plane: ControlPlane) -> tuple[list[str], list[str]]:
+    """Models to offer: the profile's aliases, then registered models with a ready copy on a
+    local host (by path); hosts: the profile's."""
+    models = list(plane.profile.models)
+    local = {h.name for h in plane.profile.hosts if h.kind == "local"}
+    for model in registry.rows(plane.store, plane.profile):
+        if model["alias"] is not None:
+            continue
+        for host, copy in model["hosts"].items():
+            if host in local and copy["state"] == "ready" and copy["path"]:
+                models.append(copy["path"])
+                break
+    return models, [h.name for h in plane.profile.hosts]
