@@ -9,7 +9,7 @@ from pathlib import Path
 from bitinglip_agent.protocol import unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import controller, pulls, registry
+from bitinglip.control import controller, fit, pulls, registry
 from bitinglip.control.db import Store
 from bitinglip.control.hub_refs import HubFile
 from bitinglip.control.tasks import TaskQueue
@@ -82,26 +82,34 @@ class ModelActions:
             c["state"] in ("ready", "pulling") for c in found["hosts"].values()
         ):
             return None
-        from bitinglip.control import fit, hub, telemetry_ring
+        from bitinglip.control import hub
 
         file = hub.resolve(ref, alias.revision)
         [need] = fit.needs_for_files([file], hub.read_range, ctx)
+        target = self.best_host(file, need, ctx, f"model {name}")
+        return file, pulls.plan(self.queue, file, [target])
+
+    def best_host(self, file: HubFile, need: fit.Need, ctx: int, what: str) -> HostConfig:
+        """The host where `file` (needing `need` with a `ctx`-token context) fits best, from
+        the stored telemetry; the local host, else the first, when none is stored. InputError
+        (naming `what`) when it fits nowhere. Reads the database only: the caller has read the
+        header (`fit.needs_for_files`), so this never waits on the network."""
+        from bitinglip.control import telemetry_ring
+
         hosts = {h.name: h for h in self.profile.hosts}
         devices, _ = fit.gpus_from_telemetry(telemetry_ring.latest(self.store), set(hosts))
         verdicts = [v for v in fit.plan(need, devices) if v.verdict != fit.Fit.NO]
         if devices and not verdicts:
             raise InputError(
-                f"model {name} ({file.name}, {need.total(fit.GIB) / fit.GIB:.1f} GiB with a "
+                f"{what} ({file.name}, {need.total(fit.GIB) / fit.GIB:.1f} GiB with a "
                 f"{ctx}-token context) fits on no host of profile {self.profile.name}; see "
                 f"`bitinglip models fit {file.repo}`"
             )
         if verdicts:
             best = max(verdicts, key=lambda v: (v.verdict == fit.Fit.FITS, v.layers_on_gpu, v.free))
-            target = hosts[best.host]
-        else:
-            local = [h for h in self.profile.hosts if h.kind == "local"]
-            target = (local or list(self.profile.hosts))[0]
-        return file, pulls.plan(self.queue, file, [target])
+            return hosts[best.host]
+        local = [h for h in self.profile.hosts if h.kind == "local"]
+        return (local or list(self.profile.hosts))[0]
 
     def pull_targets(
         self, names: Sequence[str], labels: Mapping[str, str] | None, all_hosts: bool
