@@ -1,5 +1,6 @@
 """The console in a real terminal (tmux): started as the console script, navigated with keys,
-quit, and the terminal left as it was found (normal screen, canonical mode, echo on)."""
+a prompt submitted to the demo model and its output read off the screen, quit, and the
+terminal left as it was found (normal screen, canonical mode, echo on)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from bitinglip.config import load_profile
+from bitinglip.control.plane import open_control_plane
+from tests.agents.conftest import INFER_ENV
 from tests.cli.conftest import hermetic_env
 from tests.tui.tmux import Terminal, have_tmux
 
+INFER_TIMEOUT_S = 180.0
 pytestmark = pytest.mark.skipif(
     not have_tmux(), reason="tmux is not installed (make check installs it)"
 )
@@ -58,3 +63,31 @@ def test_navigate_and_quit_restores_the_terminal(terminal: Terminal, tmp_path: P
     assert "EXIT=0" in screen
     assert "icanon" in screen.split() and "echo" in screen.split()  # not -icanon / -echo
     assert not terminal.alternate_screen()
+
+
+def test_a_prompt_submitted_from_the_console_streams_on_screen(
+    terminal: Terminal, tmp_path: Path, demo_model: Path
+) -> None:
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    (models / "gemma-3-270m.gguf").symlink_to(demo_model)  # as the first `run` leaves it
+    terminal.start(console_argv(tmp_path), {**hermetic_env(tmp_path), **INFER_ENV})
+    terminal.wait_for("BitingLip ▸ console ▸ Hosts")
+    terminal.keys("3")
+    terminal.wait_for("console ▸ Tasks")
+    terminal.keys("n")
+    terminal.wait_for("Submit")
+    terminal.keys("text:The three primary colours are", "Enter")
+    terminal.wait_for("▸ #1")  # the new task's screen
+    terminal.wait_for("succeeded", timeout=INFER_TIMEOUT_S)
+    with open_control_plane(
+        load_profile(str(tmp_path / "console.toml"), data_dir=tmp_path / "data")
+    ) as plane:
+        task = plane.task(1)
+        output = plane.output(1)
+    assert task.state == "succeeded" and output.strip()
+    first_words = " ".join(output.split()[:3])
+    assert first_words in " ".join(terminal.screen().split())  # the model's words, on screen
+    terminal.keys("Escape", "q")
+    screen = terminal.wait_for("DONE")
+    assert "EXIT=0" in screen and not terminal.alternate_screen()

