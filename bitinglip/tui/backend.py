@@ -29,6 +29,7 @@ from bitinglip.control.plane import ControlPlane, open_control_plane
 T = TypeVar("T")
 
 LOG_LINES = 5_000
+log = logging.getLogger("bitinglip.console")
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,16 @@ class Backend:
 
     def _run_loop(self) -> None:
         assert self._loop is not None
+        profile = self.profile
+
+        def on_state(state: str) -> None:
+            log.info("console: %s of %s (profile %s)", state, profile.db_path, profile.name)
+
         try:
-            self._loop.run()
+            self._loop.run(on_state=on_state)
         except BaseException as exc:  # noqa: BLE001 - shown in the header and the log
             self.loop_error = exc
-            logging.getLogger("bitinglip.console").error("control loop stopped: %s", exc)
+            log.error("console: the control loop stopped: %s", exc)
 
     def close(self) -> None:
         if self._loop is not None:

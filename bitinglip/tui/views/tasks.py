@@ -121,7 +121,9 @@ class TasksView(View):
 
     def _summary(self, page: TaskPage, found: TaskFilter) -> str:
         total = sum(page.counts.values())
-        parts = [f"{total:,} tasks"] + [f"{n:,} {s}" for s, n in page.counts.items() if n]
+        parts = [f"{total:,} task{'' if total == 1 else 's'}"] + [
+            f"{n:,} {s}" for s, n in page.counts.items() if n
+        ]
         shown = f"showing {len(page.rows):,}"
         if found.where:
             shown += f" of {page.matching:,} matching"
