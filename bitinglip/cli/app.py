@@ -20,6 +20,7 @@ from bitinglip.cli import (
     models_fit,
     models_pull,
     profiles,
+    serve,
     tasks,
 )
 from bitinglip.cli.common import ErrorsToExit, Options, emit_json, note, plane_of, profile_of, table
@@ -42,6 +43,7 @@ models.app.command("fit")(models_fit.fit)
 app.add_typer(models.app, name="models")
 app.command("run")(infer.run)
 app.command("chat")(infer.chat)
+app.command("serve")(serve.serve)
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

@@ -81,6 +81,32 @@ def pull(
     _print(result, as_json)
 
 
+@app.command("gateway")
+def gateway(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Model alias of the profile.")] = "gemma-3-270m",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per prompt.")] = 64,
+    rounds: Annotated[int, typer.Option(min=1, help="Times the prompt set is run.")] = 2,
+    health_s: Annotated[
+        float, typer.Option(min=0.5, help="Seconds of GET /health from 16 clients.")
+    ] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON object.")] = False,
+) -> None:
+    """The same prompts direct through llama-cpp-python, as `bitinglip run`, and streamed
+    through the HTTP gateway, in one run; then GET /health from 16 concurrent clients."""
+    from bitinglip.bench import gateway as bench_gateway
+
+    result = bench_gateway.run(
+        profile_of(ctx),
+        model,
+        max_tokens,
+        rounds,
+        health_s,
+        progress=lambda s: note(f"bench gateway {s}"),
+    )
+    _print(result, as_json)
+
+
 @app.command("fleet")
 def fleet(
     ctx: typer.Context,
@@ -121,6 +147,40 @@ def fleet(
     table(columns, [[row[c] for c in columns] for row in result["hosts"]])
     typer.echo("")
     _print({k: v for k, v in result.items() if k != "hosts"}, False)
+
+
+@app.command("tui")
+def tui(
+    ctx: typer.Context,
+    hosts: Annotated[int, typer.Option(min=1, help="Generated SSH hosts.")] = 64,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs per generated host.")] = 8,
+    tasks: Annotated[int, typer.Option(min=1, help="Queued tasks in the Tasks view.")] = 10000,
+    idle_s: Annotated[
+        float, typer.Option("--idle-s", min=1.0, help="Seconds of idle CPU measured.")
+    ] = 30.0,
+    minutes: Annotated[
+        float, typer.Option(min=0.1, help="Minutes of 1 Hz telemetry for the RSS growth.")
+    ] = 1.0,
+    samples: Annotated[int, typer.Option(min=1, help="Refreshes measured per view.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON object.")] = False,
+) -> None:
+    """The console headless: Tasks and Hosts refresh times with 10,000 tasks and 64x8 GPUs of
+    1 Hz telemetry, idle CPU with the local agent, RSS growth over --minutes (target: 10)."""
+    from bitinglip.bench import tui as bench_tui
+
+    result = bench_tui.run(
+        profile_of(ctx),
+        hosts,
+        gpus,
+        tasks,
+        idle_s,
+        minutes,
+        samples,
+        progress=lambda s: note(f"bench tui {s}"),
+    )
+    _print(result, as_json)
+    if not result["ok"]:
+        raise typer.Exit(1)
 
 
 FLEET_COLUMNS = (

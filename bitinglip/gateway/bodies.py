@@ -262,7 +262,7 @@ def _model(body: dict[str, Any], models: Collection[str]) -> str:
 def _check_keys(body: dict[str, Any], known: Collection[str]) -> None:
     unknown = sorted(set(body) - set(known))
     if unknown:
-        raise bad_request(f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+        raise bad_request(f"unrecognized or unsupported argument: {unknown[0]}", param=unknown[0])
 
 
 def _only(body: dict[str, Any], key: str, allowed: tuple[Any, ...], message: str) -> None:

@@ -1,0 +1,75 @@
+"""GET /v1/models, and whether a model can take a request now.
+
+The models are the profile's aliases (`[models.NAME]`): each listed with its source and, per
+host, its copy (ready, pulling, ...) and whether the host's agent has it loaded (from the latest
+telemetry). A registered hub model is used through an alias naming it; a `.gguf` path is not
+accepted over HTTP (it would let any client open files on this machine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bitinglip.control import models, registry, telemetry_ring
+from bitinglip.control.plane import ControlPlane
+from bitinglip.gateway.errors import ApiError
+
+
+def list_models(plane: ControlPlane) -> list[dict[str, Any]]:
+    profile = plane.profile
+    loaded = {
+        host: {str(p) for p in snapshot.get("models_loaded") or []}
+        for host, snapshot in telemetry_ring.latest(plane.store).items()
+    }
+    registered = {row["alias"]: row for row in registry.rows(plane.store, profile) if row["alias"]}
+    listed = []
+    for name, alias in profile.models.items():
+        row = registered.get(name)
+        copies: dict[str, dict[str, Any]] = {}
+        if row is not None:
+            for host, copy in row["hosts"].items():
+                copies[host] = {
+                    "state": copy["state"],
+                    "loaded": copy["path"] in loaded.get(host, ()),
+                }
+        if alias.source.startswith("pypi:"):
+            path = models.models_dir(profile) / f"{name}.gguf"
+            for host in profile.hosts:
+                if host.kind == "local":
+                    state = "ready" if path.is_file() else "assembled on first use"
+                    copies[host.name] = {
+                        "state": state,
+                        "loaded": str(path) in loaded.get(host.name, ()),
+                    }
+        listed.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": int(row["created_at"]) if row is not None else 0,
+                "owned_by": "bitinglip",
+                "source": alias.source,
+                "hosts": copies,
+                "loaded_on": sorted(h for h, c in copies.items() if c["loaded"]),
+            }
+        )
+    return listed
+
+
+def check_runnable(plane: ControlPlane, model: str, kind: str) -> None:
+    """503 when no host of the profile could run the request (nothing would ever take it)."""
+    reason = plane.cannot_run(kind)
+    if reason is not None:
+        raise ApiError(503, reason, code="no_runner")
+    alias = plane.profile.models[model]
+    if not alias.source.startswith("hf:"):
+        return
+    found = registry.find(plane.store, model, plane.profile)
+    states = [] if found is None else [c["state"] for c in found["hosts"].values()]
+    if not any(s in ("ready", "pulling") for s in states):
+        raise ApiError(
+            503,
+            f"model {model} is on no host yet; pull it with `bitinglip models pull {model}` "
+            f"(or `bitinglip run {model} ...` once)",
+            param="model",
+            code="model_not_pulled",
+        )

@@ -1,0 +1,176 @@
+"""One inference request as one task: queue it, wait for it or stream it, answer in OpenAI's
+shapes, and cancel it when the client goes away.
+
+The task is submitted with the gateway's priority, above batch jobs, by the bridge's thread
+(which refuses with 429 when `max_queued` interactive tasks already wait). Until the first
+output (streaming) or the end (not streaming) the request watches for the client hanging up;
+once streaming, Starlette's StreamingResponse does, and cancels the generator. Either way the
+task is canceled. A failure before any output is answered with a status and an error object; a
+failure after the stream started is one `data: {"error": ...}` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from bitinglip.config_sections import GatewayConfig
+from bitinglip.control.plane import ControlPlane
+from bitinglip.control.task_views import Task
+from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.errors import BitinglipError, InputError
+from bitinglip.gateway import catalog, shapes
+from bitinglip.gateway.bodies import ApiRequest
+from bitinglip.gateway.bridge import Bridge, Event, Watch
+from bitinglip.gateway.errors import ApiError
+
+RETRY_AFTER_S = 1
+# error kinds of a failed task that are the fleet's fault, not the request's
+_FLEET_ERRORS = frozenset({"missing_capability", "invalid_gguf", "unsupported"})
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer."""
+
+
+async def answer(
+    bridge: Bridge, config: GatewayConfig, request: Request, req: ApiRequest
+) -> Response:
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    watch = Watch(asyncio.get_running_loop(), queue, want_output=req.stream)
+    spec = TaskSpec(kind=req.kind, model=req.model, payload=req.payload, priority=config.priority)
+    task_id = await bridge.call(lambda plane: _submit(bridge, config, plane, spec, watch))
+    gone = asyncio.ensure_future(_disconnect(request))
+    streaming = False
+    try:
+        event = await _next(queue, gone)
+        while event.final is None and not (req.stream and event.chunks):
+            event = await _next(queue, gone)
+        if event.final is not None and event.final.state != TaskState.SUCCEEDED:
+            raise _failure(event.final)
+        created = int(time.time())
+        headers = {"X-Bitinglip-Task": str(task_id)}
+        if not req.stream:
+            assert event.final is not None
+            result = _result(event.final)
+            if req.endpoint == "embeddings":
+                return JSONResponse(shapes.embeddings_body(req, result), headers=headers)
+            body = shapes.completion_body(req, task_id, created, result)
+            return JSONResponse(body, headers=headers)
+        shape = shapes.StreamShape(req, task_id, created)
+        streaming = True
+        events = _sse(bridge, task_id, queue, shape, event)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers=headers | _SSE_HEADERS
+        )
+    except ClientGone:
+        bridge.forget(task_id, cancel=True)
+        return Response(status_code=499)
+    except BaseException:
+        if not streaming:
+            bridge.forget(task_id, cancel=True)
+        raise
+    finally:
+        gone.cancel()
+
+
+def _submit(
+    bridge: Bridge, config: GatewayConfig, plane: ControlPlane, spec: TaskSpec, watch: Watch
+) -> int:
+    """In the bridge's thread: refuse when the interactive queue is full, else queue and watch."""
+    (queued,) = plane.store.conn.execute(
+        "SELECT count(*) FROM tasks WHERE state = 'queued' AND priority >= ?", (config.priority,)
+    ).fetchone()
+    if queued >= config.max_queued:
+        raise ApiError(
+            429,
+            f"{queued} interactive tasks are queued (gateway.max_queued is {config.max_queued});"
+            " retry shortly",
+            code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    assert spec.model is not None
+    catalog.check_runnable(plane, spec.model, spec.kind)
+    try:
+        task_id = plane.submit(spec)
+    except InputError as exc:
+        raise ApiError(400, str(exc)) from None
+    except BitinglipError as exc:
+        raise ApiError(503, str(exc)) from None
+    bridge.watch(plane, task_id, watch)
+    return task_id
+
+
+async def _sse(
+    bridge: Bridge,
+    task_id: int,
+    queue: asyncio.Queue[Event],
+    shape: shapes.StreamShape,
+    first: Event,
+) -> AsyncIterator[bytes]:
+    """The stream's events; closing it early (the client left) cancels the task."""
+    ended = False
+    sent = skip = 0  # characters the client has, and those to drop from a rerun's output
+    try:
+        yield shape.start()
+        event: Event | None = first
+        while event is not None:
+            if event.rerun:
+                skip = sent
+            for chunk in event.chunks:
+                if skip:
+                    chunk, skip = chunk[skip:], max(skip - len(chunk), 0)
+                if chunk:
+                    sent += len(chunk)
+                    yield shape.text(chunk)
+            if event.final is not None:
+                ended = True
+                if event.final.state == TaskState.SUCCEEDED:
+                    yield shape.end(_result(event.final))
+                else:
+                    yield shapes.error_event(_failure(event.final).body())
+                return
+            event = await queue.get()
+    finally:
+        if not ended:
+            bridge.forget(task_id, cancel=True)
+
+
+async def _next(queue: asyncio.Queue[Event], gone: asyncio.Future[None]) -> Event:
+    if not queue.empty():
+        return queue.get_nowait()
+    getter: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
+    await asyncio.wait((getter, gone), return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        event: Event = getter.result()
+        return event
+    getter.cancel()
+    raise ClientGone
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client hangs up (the body is read already: nothing else can come)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _result(task: Task) -> dict[str, Any]:
+    return task.result if isinstance(task.result, dict) else {"text": task.result}
+
+
+def _failure(task: Task) -> ApiError:
+    why = task.error or "no error recorded"
+    kind = task.error_kind
+    if task.state == TaskState.FAILED and kind not in _FLEET_ERRORS:
+        return ApiError(400, f"task {task.id} failed: {why}", code=kind or "task_failed")
+    if task.state == TaskState.CANCELED:
+        return ApiError(503, f"task {task.id} was canceled: {why}", code="task_canceled")
+    return ApiError(502, f"task {task.id} {task.state}: {why}", code=kind or "task_dead")
