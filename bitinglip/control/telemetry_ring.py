@@ -25,6 +25,7 @@ from bitinglip.control.db import Store
 from bitinglip.errors import ConfigError
 
 HOST_ROW = -1  # the `gpu` of a host-level row
+SHRINK_EVERY = 60  # records between two releases of the writer's page cache (a minute at 1 Hz)
 GIB = 1 << 30
 
 Snapshot = Mapping[str, Any]
@@ -127,6 +128,7 @@ class TelemetryRing:
         self.capacity = capacity
         self.clock = clock
         self._written: dict[str, float] = {}  # host -> `at` of its last recorded snapshot
+        self._records = 0  # record() calls that wrote something
 
     @property
     def window_s(self) -> float:
@@ -160,6 +162,11 @@ class TelemetryRing:
             conn.executemany(_INSERT_GPU, gpu_rows)
             conn.executemany(_INSERT_LATEST, latest.values())
         self._written.update((host, row[1]) for host, row in latest.items())
+        self._records += 1
+        if self._records % SHRINK_EVERY == 0:
+            # Ring pages are written once a pass and not read back by this connection; left in
+            # its page cache they would grow it by the ring's size (to cache_size, 32 MiB).
+            store.conn.execute("PRAGMA shrink_memory")
         return len(host_rows)
 
     def history(self, store: Store, host: str, gpu: int, since: float) -> list[Sample]:
