@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-FRONT_ENDS = ("textual", "typer", "click", "rich", "bitinglip.cli", "bitinglip.tui")
+FRONT_ENDS = (
+    "textual", "typer", "click", "rich", "starlette", "uvicorn",
+    "bitinglip.cli", "bitinglip.tui", "bitinglip.gateway",
+)  # fmt: skip
 
 
 def loaded_after(module: str) -> set[str]:
@@ -28,3 +31,9 @@ def test_the_agent_protocol_imports_only_the_standard_library() -> None:
 
 def test_sqlite_utils_is_loaded_only_to_migrate() -> None:
     assert "sqlite_utils" not in loaded_after("bitinglip.control.plane")
+
+
+def test_the_cli_loads_textual_only_for_the_console() -> None:
+    """`bitinglip tasks ls` and friends start without the console's weight."""
+    loaded = loaded_after("bitinglip.cli")
+    assert not {m for m in loaded if m.split(".")[0] == "textual" or m.startswith("bitinglip.tui")}
