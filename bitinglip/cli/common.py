@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from bitinglip.config import Profile, load_profile
 from bitinglip.control.plane import ControlPlane, open_control_plane
 from bitinglip.errors import BitinglipError
+from bitinglip.readable import age as age
 
 
 class ErrorsToExit(TyperGroup):
@@ -109,11 +110,3 @@ def parse_labels(labels: Sequence[str] | None) -> dict[str, str] | None:
             fail(f"--label {item!r}: write labels as key=value", 2)
         parsed[key] = value
     return parsed
-
-
-def age(seconds: float) -> str:
-    seconds = max(seconds, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"

@@ -21,6 +21,7 @@ from bitinglip.control import models as local_models
 from bitinglip.control.gguf_meta import GGUFMeta
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError, NotFoundError, UsageError
+from bitinglip.readable import human_size
 
 app = typer.Typer(
     help="Models: GGUF files on the hub, the registry, and the copies on your hosts.",
@@ -43,15 +44,6 @@ class Sort(StrEnum):
 def _stdin_is_tty() -> bool:
     """Whether a question can be asked (tests patch this to answer through stdin)."""
     return sys.stdin.isatty()
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} B"
 
 
 # -- the hub ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from bitinglip.control import task_views
 from bitinglip.control.plane import ControlPlane
+from bitinglip.readable import error_line
 from bitinglip.tui.backend import Backend
 from bitinglip.tui.commands import ViewCommands
 from bitinglip.tui.views.base import MUTATING, View
@@ -327,7 +328,7 @@ class ConsoleApp(App[int]):
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
             what = event.worker.description or event.worker.name
-            self.notify(f"{what}: {_one_line(error)}", severity="error", timeout=8, markup=False)
+            self.notify(f"{what}: {error_line(error)}", severity="error", timeout=8, markup=False)
 
     def _handle_exception(self, error: Exception) -> None:
         """An unhandled error ends the app (Textual restores the terminal); first, write the
@@ -350,8 +351,3 @@ def key_name(key: str) -> str:
 
 def _counts(plane: ControlPlane) -> dict[str, int]:
     return task_views.counts(plane.store)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -17,6 +17,7 @@ from bitinglip.control import hub as hf
 from bitinglip.control import registry
 from bitinglip.control.db import Store, open_store
 from bitinglip.control.hub import HubFile
+from bitinglip.readable import human_size
 from tests.cli.conftest import Cli, Proc, stderr_lines
 from tests.hub.conftest import hub  # noqa: F401
 from tests.hub.gguf_files import tiny_gguf
@@ -86,7 +87,7 @@ def test_files_lists_quants_sizes_and_sha256(cli: Cli, commit: str) -> None:
     shown = cli.ok("models", "files", REPO)
     assert f"commit {commit}" in shown.stderr
     row = next(line for line in shown.stdout.splitlines() if line.startswith("tiny-Q8_0"))
-    size = models_cli.human_size(len(Q8))
+    size = human_size(len(Q8))
     assert row.split() == [
         "tiny-Q8_0.gguf",
         "Q8_0",
@@ -186,7 +187,7 @@ def test_rm_asks_then_deletes_the_local_copy_and_forgets_the_model(
     assert path.exists()
     done = cli.runner.invoke(app, argv, input="y\n", catch_exceptions=False)
     assert done.exit_code == 0, done.stderr
-    size = models_cli.human_size(len(Q8))
+    size = human_size(len(Q8))
     assert f"Delete {REPO}:copy-Q8_0.gguf@cccccccccccc ({size}) from local? [y/N]" in done.stdout
     assert f"removed {REPO}:copy-Q8_0.gguf@cccccccccccc from local ({path})" in done.stderr
     assert not path.exists()

@@ -17,11 +17,11 @@ from textual.widgets import DataTable, Static
 
 from bitinglip.control import registry
 from bitinglip.control.plane import ControlPlane
+from bitinglip.readable import human_size
 from bitinglip.tui.app import ConfirmScreen, ConsoleApp
 from bitinglip.tui.views.model_fit import FitScreen
 from bitinglip.tui.views.model_pull import PullScreen
 from bitinglip.tui.views.model_remove import HostChoiceScreen
-from bitinglip.tui.views.model_rows import human_size
 from bitinglip.tui.views.model_search import SearchScreen
 from bitinglip.tui.views.models import ModelsView
 from tests.hub.conftest import hub  # noqa: F401

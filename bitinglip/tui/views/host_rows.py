@@ -14,6 +14,7 @@ from bitinglip.config import HostConfig
 from bitinglip.control.hosts import SIGNALS
 from bitinglip.control.telemetry_ring import HOST_ROW
 from bitinglip.control.telemetry_views import FleetTelemetry, History
+from bitinglip.readable import age
 
 NOT_SEEN = "no controller has seen it yet"
 STALE_AFTER_S = 10.0  # a health row older than this was left by a controller that stopped
@@ -63,14 +64,6 @@ class HostRow:
         return 2 + (self.why is not None) + len(self.gpus)
 
 
-def ago(seconds: float) -> str:
-    seconds = max(seconds, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
-
-
 def host_rows(
     hosts: Sequence[HostConfig],
     stored: Mapping[str, Mapping[str, Any]],
@@ -102,7 +95,7 @@ def host_row(
         signals=signal_states(state),
         why=why,
         why_bad=why_bad,
-        seen="-" if last_seen is None else ago(now - last_seen),
+        seen="-" if last_seen is None else f"{age(now - last_seen)} ago",
         cpu=number(snap.get("cpu_percent")),
         load=_first(snap.get("load")),
         ram_used=_int(snap.get("ram_used_bytes")),

@@ -23,7 +23,8 @@ from bitinglip.config import HostConfig
 from bitinglip.control import host_views
 from bitinglip.control.hosts import load_hosts
 from bitinglip.control.plane import ControlPlane
-from bitinglip.tui.views.host_rows import GpuRow, ago, gpu_rows, verdict
+from bitinglip.readable import age
+from bitinglip.tui.views.host_rows import GpuRow, gpu_rows, verdict
 
 if TYPE_CHECKING:
     from bitinglip.tui.app import ConsoleApp
@@ -151,7 +152,7 @@ def health_table(detail: HostDetail, now: float) -> Table:
     seen = None if state is None else state.get("last_seen")
     title = (
         f"{config.name} ({config.kind}, {address}): {verdict(state)}"
-        f", last seen {'-' if seen is None else ago(now - seen)}"
+        f", last seen {'-' if seen is None else age(now - seen) + ' ago'}"
     )
     table = _table(title, "signal", "state", "why")
     for name, signal in ((state or {}).get("health") or {}).items():
@@ -220,7 +221,7 @@ def tasks_table(detail: HostDetail, now: float) -> Table:
             task.model or "-",
             task.state,
             str(task.attempt),
-            ago(now - task.created_at),
+            f"{age(now - task.created_at)} ago",
             error,
         )
     if not detail.tasks:

@@ -23,10 +23,9 @@ from bitinglip.control.job_pace import JobPace, job_paces
 from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
+from bitinglip.readable import age, error_line
 from bitinglip.tui.forms import ValueForm
 from bitinglip.tui.views.base import View
-from bitinglip.tui.views.task_actions import one_line
-from bitinglip.tui.views.tasks import age_text
 
 SHOWN = 100
 BAR = 20
@@ -145,7 +144,7 @@ class JobsView(View):
         try:
             count, written = await self.console.backend.call(write_export, job_id, path)
         except BitinglipError as exc:
-            self.console.acted("export", False, one_line(exc))
+            self.console.acted("export", False, error_line(exc))
             return
         except OSError as exc:
             self.console.acted("export", False, f"cannot write {path}: {exc.strerror or exc}")
@@ -201,7 +200,7 @@ def eta_text(left: int, rate: float | None, finished: bool) -> str:
         return "done"
     if not rate:
         return ""
-    return age_text(left / rate * 60)
+    return age(left / rate * 60)
 
 
 def now_text(counts: dict[str, int]) -> str:

@@ -23,7 +23,8 @@ from bitinglip.control import fit, hub
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.telemetry_ring import latest
 from bitinglip.errors import BitinglipError, NotFoundError
-from bitinglip.tui.views.model_search import dialog_css, one_line
+from bitinglip.readable import error_line
+from bitinglip.tui.views.model_search import dialog_css
 
 if TYPE_CHECKING:
     from bitinglip.tui.app import ConsoleApp
@@ -142,8 +143,8 @@ class FitScreen(ModalScreen[None]):
         try:
             commit, needs = await asyncio.to_thread(read_needs, repo)
         except BitinglipError as exc:
-            self.query_one("#fit-status", Static).update(f"[b]hub error:[/b] {one_line(exc)}")
-            self.console.acted("fit", False, one_line(exc))
+            self.query_one("#fit-status", Static).update(f"[b]hub error:[/b] {error_line(exc)}")
+            self.console.acted("fit", False, error_line(exc))
             return
         snapshots, hosts = await self.console.backend.call(read_devices)
         devices, notes = fit.gpus_from_telemetry(snapshots, hosts)

@@ -24,8 +24,8 @@ from bitinglip.control import fit, hub, pulls
 from bitinglip.control import models as local_models
 from bitinglip.control.hub_refs import HubFile
 from bitinglip.control.plane import ControlPlane
+from bitinglip.readable import human_size
 from bitinglip.tui.backend import Backend
-from bitinglip.tui.views.model_rows import human_size
 from bitinglip.tui.views.model_search import dialog_css
 
 CTX = 4096  # the context a pull "where it fits" is sized for (as `run` places an alias)

@@ -18,6 +18,7 @@ from bitinglip.control import registry
 from bitinglip.control.hub_refs import parse_quant
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
+from bitinglip.readable import age, human_size
 
 NOT_PULLED = "not pulled"
 PROBLEMS = (registry.QUARANTINED, registry.FAILED)
@@ -42,7 +43,7 @@ class Copy:
         if self.path and self.state in (registry.READY, "loaded"):
             words += f" at {self.path}"
         if self.last_used_at is not None:
-            words += f", used {ago(now - self.last_used_at)} ago"
+            words += f", used {age(now - self.last_used_at)} ago"
         return words
 
 
@@ -191,24 +192,6 @@ def problems(data: ModelsData) -> list[str]:
                 why = copy.error or "no reason recorded"
                 lines.append(f"✗ {row.label} on {host}: {copy.state}: {why}")
     return lines
-
-
-def ago(seconds: float) -> str:
-    """`42s`, `3m`, `5h`, `2d`."""
-    seconds = max(seconds, 0.0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} B"
 
 
 def keep(filter_text: str, text: str, tags: Mapping[str, set[str]]) -> bool:

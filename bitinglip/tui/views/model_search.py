@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Input, Static
 from bitinglip.control import hub
 from bitinglip.control.hub_refs import RepoSummary
 from bitinglip.errors import BitinglipError
+from bitinglip.readable import error_line
 
 if TYPE_CHECKING:
     from bitinglip.tui.app import ConsoleApp
@@ -57,11 +58,6 @@ _DIALOG_CSS = """
 def dialog_css(screen: str) -> str:
     """The CSS of a model dialog screen (centred; `.model-dialog` boxes, titles, buttons)."""
     return f"{screen} {{ align: center middle; }}" + _DIALOG_CSS
-
-
-def one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 class SearchScreen(ModalScreen[None]):
@@ -126,8 +122,8 @@ class SearchScreen(ModalScreen[None]):
         try:
             found = await asyncio.to_thread(hub.search, query, limit=LIMIT)
         except BitinglipError as exc:
-            status.update(f"[b]hub error:[/b] {one_line(exc)}")
-            self.console.acted("search", False, one_line(exc))
+            status.update(f"[b]hub error:[/b] {error_line(exc)}")
+            self.console.acted("search", False, error_line(exc))
             return
         self.results = found
         table = self.query_one("#search-results", DataTable)

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Static
 
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
+from bitinglip.readable import error_line, human_size
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.model_fit import FitScreen
 from bitinglip.tui.views.model_pull import PullRequest, PullScreen, run_pull
@@ -25,14 +26,13 @@ from bitinglip.tui.views.model_remove import EVERY, HostChoiceScreen, remove_cop
 from bitinglip.tui.views.model_rows import (
     ModelRow,
     ModelsData,
-    human_size,
     keep,
     problems,
     read_models,
     row_tags,
     row_text,
 )
-from bitinglip.tui.views.model_search import SearchScreen, one_line
+from bitinglip.tui.views.model_search import SearchScreen
 
 COLUMNS = ("model", "repo@commit", "file", "quant", "size")
 
@@ -139,7 +139,7 @@ class ModelsView(View):
         try:
             line, model_id = await run_pull(self.console.backend, request)
         except BitinglipError as exc:
-            self.console.acted("pull", False, f"pull {request.ref}: {one_line(exc)}")
+            self.console.acted("pull", False, f"pull {request.ref}: {error_line(exc)}")
             return
         self._want = f"model:{model_id}" if model_id is not None else None
         self.console.acted("pull", True, line)
@@ -186,7 +186,7 @@ class ModelsView(View):
         try:
             line = await self.console.backend.call(remove_copies, model_id, hosts, forget)
         except BitinglipError as exc:
-            self.console.acted("remove", False, one_line(exc))
+            self.console.acted("remove", False, error_line(exc))
             return
         self.console.acted("remove", True, line)
         self.reload()

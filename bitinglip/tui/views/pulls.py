@@ -20,9 +20,9 @@ from bitinglip.control.plane import ControlPlane
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import TERMINAL, TaskState
 from bitinglip.errors import BitinglipError
+from bitinglip.readable import age, error_line, human_size
 from bitinglip.tui.views.base import View
-from bitinglip.tui.views.model_rows import ago, human_size, keep
-from bitinglip.tui.views.model_search import one_line
+from bitinglip.tui.views.model_rows import keep
 from bitinglip.tui.views.task_detail import TaskScreen
 
 KINDS = ("pull", "remove")
@@ -100,8 +100,8 @@ class PullRow:
             bar(self.done, self.total),
             sizes,
             f"{human_size(int(self.speed))}/s" if self.speed else "",
-            ago(self.eta_s) if self.eta_s is not None else "",
-            ago(now - self.created_at),
+            age(self.eta_s) if self.eta_s is not None else "",
+            age(now - self.created_at),
             clip(self.first_error, ERROR_WIDTH),
         )
 
@@ -238,7 +238,7 @@ class PullsView(View):
         try:
             outcome = await self.console.backend.call(ControlPlane.cancel, [task_id])
         except BitinglipError as exc:
-            self.console.acted("cancel", False, one_line(exc))
+            self.console.acted("cancel", False, error_line(exc))
             return
         result = outcome.get(task_id, "not found")
         ok = result in ("canceled", "cancel requested")

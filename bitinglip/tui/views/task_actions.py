@@ -19,6 +19,7 @@ from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskSpec
 from bitinglip.errors import BitinglipError, InputError
+from bitinglip.readable import error_line
 from bitinglip.tui.forms import SubmitForm, ValueForm
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class TaskActions:
             try:
                 ok, detail = await work()
             except BitinglipError as exc:
-                ok, detail = False, one_line(exc)
+                ok, detail = False, error_line(exc)
             self.console.acted(action, ok, detail)
             self.done()
 
@@ -143,11 +144,6 @@ class TaskActions:
             self._run("batch", work)
 
         self.console.push_screen(ValueForm("Batch: the path of a JSONL file of tasks"), chosen)
-
-
-def one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 # -- on the backend thread ---------------------------------------------------------------------

@@ -22,9 +22,10 @@ from bitinglip.control.task_follow import FollowMark, FollowStep, follow_step
 from bitinglip.control.task_views import Task
 from bitinglip.control.tasks import TERMINAL
 from bitinglip.errors import NotFoundError
+from bitinglip.readable import age
 from bitinglip.tui.views.base import MUTATING
 from bitinglip.tui.views.task_actions import TaskActions
-from bitinglip.tui.views.tasks import STATE_STYLES, age_text
+from bitinglip.tui.views.tasks import STATE_STYLES
 
 if TYPE_CHECKING:
     from bitinglip.tui.app import ConsoleApp
@@ -193,11 +194,11 @@ def head(task: Task, now: float) -> Text:
 
 
 def when(task: Task, now: float) -> str:
-    parts = [f"queued {age_text(now - task.created_at)} ago"]
+    parts = [f"queued {age(now - task.created_at)} ago"]
     if task.started_at is not None:
-        parts.append(f"started {age_text(now - task.started_at)} ago")
+        parts.append(f"started {age(now - task.started_at)} ago")
     if task.finished_at is not None:
-        parts.append(f"finished {age_text(now - task.finished_at)} ago")
+        parts.append(f"finished {age(now - task.finished_at)} ago")
     result = task.result if isinstance(task.result, dict) else {}
     usage = result.get("usage") or {}
     rate = (result.get("timings") or {}).get("tokens_per_s")
@@ -230,7 +231,7 @@ def payload_summary(task: Task) -> Text:
 
 def event_line(event: dict[str, Any], created_at: float) -> str:
     offset = event["at"] - created_at
-    stamp = f"+{offset:.2f}s" if offset < 60 else f"+{age_text(offset)}"
+    stamp = f"+{offset:.2f}s" if offset < 60 else f"+{age(offset)}"
     move = f"{event['from_state'] or '':>9} → {event['to_state']:<9}"
     return f"{stamp:>9}  {move} #{event['attempt']}  {event['detail'] or ''}"
 

@@ -26,6 +26,7 @@ from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.task_filter import SORTS, TaskFilter, TaskPage, TaskRow
 from bitinglip.errors import InputError
+from bitinglip.readable import age
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.task_actions import TaskActions
 from bitinglip.tui.views.task_table import COLUMNS, TaskHeader, TaskList, lay_out
@@ -205,15 +206,6 @@ def task_cells(row: TaskRow, now: float) -> tuple[Any, ...]:
         Text(row.state, style=STATE_STYLES.get(row.state, "")),
         row.priority,
         f"{row.attempt}/{row.max_attempts}",
-        age_text(now - row.created_at),
+        age(now - row.created_at),
         "" if row.tokens_per_s is None else f"{row.tokens_per_s:.1f}",
     )
-
-
-def age_text(seconds: float) -> str:
-    """`42s`, `5m`, `3h`, `2d`."""
-    seconds = max(seconds, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
