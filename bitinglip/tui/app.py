@@ -24,7 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, ContentSwitcher, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from bitinglip.control import task_views
+from bitinglip.control import controller, task_views
 from bitinglip.control.plane import ControlPlane
 from bitinglip.readable import error_line
 from bitinglip.tui.backend import Backend
@@ -145,6 +145,7 @@ class ConsoleApp(App[int]):
         self.tick_s = tick_s
         self.views = {cls.VIEW: cls() for cls in VIEW_TYPES}
         self.crash_log: Path | None = None
+        self.holder: str | None = None  # who runs the control loop, when this console does not
         self._header = Static("", id="header", markup=False)
         self._switcher = ContentSwitcher(initial=f"view-{start}", id="views")
 
@@ -167,6 +168,7 @@ class ConsoleApp(App[int]):
             self.bind(self.keys[cls.VIEW], f"show('{cls.VIEW}')", show=False)
         self.set_interval(self.tick_s, self._tick)
         self.show_view(self.start_view)
+        self._refresh_holder()
 
     # -- views -----------------------------------------------------------------------------
 
@@ -189,11 +191,30 @@ class ConsoleApp(App[int]):
 
     def _tick(self) -> None:
         self.paint_header()
+        if self.backend.role != "controller":
+            self._refresh_holder()
         if self.screen is self.screen_stack[0]:  # not while a detail or a question is open
             self.current.reload()
 
+    def _refresh_holder(self) -> None:
+        self.run_worker(
+            self._read_holder,  # type: ignore[arg-type]  # mypy infers Never from WorkType
+            group="holder",
+            exclusive=True,
+            exit_on_error=False,
+            description="who is the controller",
+        )
+
+    async def _read_holder(self) -> None:
+        holder = await self.backend.call(_holder)
+        self.holder = None if holder is None else f"{holder.hostname} pid {holder.pid}"
+        self.paint_header()
+
     def paint_header(self) -> None:
         role = self.backend.role
+        if role != "controller":
+            held = f"controller: {self.holder}" if self.holder else "no controller running"
+            role = f"{role} · {held}"
         if self.backend.loop_error is not None:
             role = f"control loop stopped: {self.backend.loop_error}"
         crumbs = " ▸ ".join(["BitingLip", self.backend.profile.name, *self.crumbs()])
@@ -347,6 +368,11 @@ class ConsoleApp(App[int]):
 def key_name(key: str) -> str:
     """A profile key (":" or "colon", "ctrl+r") as Textual names it ("colon", "ctrl+r")."""
     return next(iter(Binding.make_bindings([(key, "noop")]))).key
+
+
+def _holder(plane: ControlPlane) -> controller.ControllerInfo | None:
+    holder = plane.controller()
+    return holder if holder is not None and holder.alive else None
 
 
 def _counts(plane: ControlPlane) -> dict[str, int]:

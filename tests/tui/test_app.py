@@ -139,7 +139,7 @@ async def test_observer_while_another_holds_the_lease_then_takes_over(
             await c.pilot.pause(0.3)
             assert c.backend.role == "observer"
             c.app.paint_header()
-            assert "[observer]" in header(c.app)
+            assert "[observer · controller: " in header(c.app)
             # An observer still submits; the work waits for the controller.
             task_id = await c.backend.call(
                 lambda plane: plane.submit(TaskSpec(kind="echo", payload={"n": 1}))
@@ -167,7 +167,7 @@ async def test_read_only_takes_no_lease_and_hides_actions(console: Any, profile:
         assert c.backend.role == "read-only" and c.backend.loop is None
         assert await c.backend.call(lambda plane: plane.controller()) is None
         c.app.paint_header()
-        assert "[read-only]" in header(c.app)
+        assert "[read-only · no controller running]" in header(c.app)
 
 
 async def test_a_crash_restores_the_terminal_and_writes_a_crash_log(
