@@ -225,8 +225,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         hub = self.server.hub
 
         def write(data: bytes) -> None:
-            self.wfile.write(data)
+            # Counted first: a client may have all the bytes (and its test may read the count)
+            # before this thread runs again after the write.
             hub.count_sent(key, len(data))
+            self.wfile.write(data)
 
         writer = BodyWriter(
             blob, start, stop, fault, write=write, reset=self._reset, stopping=hub.stopping
