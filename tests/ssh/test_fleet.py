@@ -84,6 +84,13 @@ def short_generate(max_tokens: int = 8) -> TaskSpec:
     return TaskSpec(kind="generate", model="gemma-3-270m", payload=payload)
 
 
+def started_on_agent(session: Any) -> bool:
+    """The agent has the run: it has sent output for it. (A run is in `session.inflight` from
+    the moment it is written to the channel, before the agent has read it: a drop then loses
+    the request, which the re-attach rightly treats as a lost run.)"""
+    return any(run.output for run in list(session.inflight.values()))
+
+
 def claims(plane: ControlPlane, task_id: int) -> int:
     rows = plane.store.conn.execute(
         "SELECT COUNT(*) FROM task_events WHERE task_id = ? AND to_state = 'running'", (task_id,)
@@ -145,7 +152,7 @@ def test_connection_cut_mid_task_neither_fails_nor_reruns(
         session, transport = first_session(loop)
         task_id = plane.submit(short_generate(48))
         wait_for(lambda: plane.task(task_id).state == "running", 30, "the task to start")
-        wait_for(lambda: session.inflight, 30, "the run to reach the agent")
+        wait_for(lambda: started_on_agent(session), 60, "the agent to start the run")
         host.cut()  # every live SSH connection drops; sshd still accepts new ones
         wait_for(lambda: transport.attaches >= 2, 30, "the transport to re-attach")
         task = plane.wait(task_id, timeout=120)
@@ -342,10 +349,10 @@ def test_a_result_produced_while_the_host_was_away_arrives_after_reconnect(
     with running(profile) as (plane, loop):
         attached(loop, ["gpu-1"])
         session, transport = first_session(loop)
-        task_id = plane.submit(short_generate(8))
-        wait_for(lambda: session.inflight, 30, "the run to reach the agent")
+        task_id = plane.submit(short_generate(24))
+        wait_for(lambda: started_on_agent(session), 60, "the agent to start the run")
         host.stop()
-        time.sleep(4.0)  # the agent finishes meanwhile (8 tokens) and keeps the result
+        time.sleep(4.0)  # the agent finishes meanwhile (24 tokens) and keeps the result
         assert plane.task(task_id).state == "running"
         host.start()
         task = plane.wait(task_id, timeout=60)
