@@ -128,8 +128,8 @@ class RemoteTransport:
         if self._task is not None:
             try:
                 self._task.result(timeout)
-            except concurrent.futures.CancelledError:
-                pass
+            except concurrent.futures.CancelledError:  # `_finish` stopped a connect in progress
+                log.debug("ssh %s: closed while connecting", self.name)
             except concurrent.futures.TimeoutError:
                 self._task.cancel()
 
