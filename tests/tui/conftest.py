@@ -38,11 +38,11 @@ class Console:
         """Wait until `view` has refreshed once more (its data is on screen)."""
         from bitinglip.tui.views.base import View
 
-        seen = sum(1 for m in self.posted(View.Refreshed) if m.view == view)
+        asked = time.perf_counter()  # a refresh already under way may have read before this
         self.app.views[view].reload()
         for _ in range(int(timeout / 0.02)):
             await self.pilot.pause(0.02)
-            if sum(1 for m in self.posted(View.Refreshed) if m.view == view) > seen:
+            if any(m.view == view and m.started >= asked for m in self.posted(View.Refreshed)):
                 return
         raise AssertionError(f"view {view} did not refresh within {timeout}s")
 

@@ -35,11 +35,14 @@ class View(Vertical):
     ACTIONS: ClassVar[dict[str, str]] = {}  # action -> footer description
 
     class Refreshed(Message):
-        """A refresh finished: `fetch_ms` on the backend thread, `show_ms` painting."""
+        """A refresh finished: `fetch_ms` on the backend thread, `show_ms` painting; `started`
+        is when its read began (`time.perf_counter()`), so a waiter can tell a refresh that read
+        after its own writes from one already under way."""
 
-        def __init__(self, view: str, fetch_ms: float, show_ms: float) -> None:
+        def __init__(self, view: str, fetch_ms: float, show_ms: float, started: float) -> None:
             super().__init__()
             self.view, self.fetch_ms, self.show_ms = view, fetch_ms, show_ms
+            self.started = started
 
     def __init__(self) -> None:
         super().__init__(id=f"view-{self.VIEW}")
@@ -95,7 +98,7 @@ class View(Vertical):
         self.show(data)
         shown = time.perf_counter()
         self.post_message(
-            self.Refreshed(self.VIEW, (fetched - started) * 1e3, (shown - fetched) * 1e3)
+            self.Refreshed(self.VIEW, (fetched - started) * 1e3, (shown - fetched) * 1e3, started)
         )
 
     def set_filter(self, text: str) -> None:
