@@ -3,7 +3,9 @@
 A line is either a BitingLip task object or a line of the OpenAI Batch API format (`custom_id`,
 `method`, `url`, `body`), so existing batch files run unchanged. One file holds one format.
 The whole file is checked before anything is queued: a bad line is reported with its number and
-nothing of the file is queued. Export writes results in the format the lines came in.
+nothing of the file is queued. A file carries only work (`JOB_KINDS`: echo, generate, chat,
+embed): a file someone hands you cannot pull from a URL of its choosing or remove model files.
+Export writes results in the format the lines came in.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.control.db import Store
+from bitinglip.control.task_intake import JOB_KINDS
 from bitinglip.control.task_views import Task, counts, job_tasks
-from bitinglip.control.tasks import KINDS, TaskSpec, TaskState
+from bitinglip.control.tasks import TaskSpec, TaskState
 from bitinglip.errors import InputError, NotFoundError
 
 PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
@@ -44,6 +47,7 @@ OPENAI_URLS = {
     "/v1/embeddings": "embed",
 }
 BODY_FIELD = {"chat": "messages", "generate": "prompt", "embed": "input"}
+ONLY_WORK = " (a job file carries only work: pull and remove models with `bitinglip models`)"
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,10 @@ def _native_spec(obj: dict[str, Any], where: str) -> TaskSpec:
             f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(NATIVE_KEYS))}"
         )
     kind = obj.get("kind")
-    if kind not in KINDS:
-        raise InputError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind not in JOB_KINDS:
+        raise InputError(
+            f"{where}: kind must be one of {', '.join(JOB_KINDS)}, not {kind!r}{ONLY_WORK}"
+        )
     payload = dict(_typed(obj, "payload", dict, where) or {})
     if kind in BODY_FIELD:
         field = BODY_FIELD[kind]
@@ -172,12 +178,15 @@ def _openai_spec(obj: dict[str, Any], where: str) -> TaskSpec:
             f"{where}: url {obj['url']!r} is not supported; use one of {', '.join(OPENAI_URLS)}"
         )
     body = _typed(obj, "body", dict, where, required=True)
+    if "kind" in body:  # the url alone says what runs
+        raise InputError(f"{where}: body must not name a kind; the url sets it{ONLY_WORK}")
     model = _typed(body, "model", str, f"{where}: body", required=True)
     field = BODY_FIELD[kind]
     if field not in body:
         raise InputError(f"{where}: body needs {field!r} for {obj['url']}")
     _check_body_field(kind, body[field], where)
-    payload = {k: v for k, v in body.items() if k != "model"}
+    # Only what a run reads: the input and the generation parameters (other keys are dropped).
+    payload = {k: body[k] for k in (field, *PARAMS) if k in body}
     return TaskSpec(kind=kind, payload=payload, model=model, custom_id=custom_id)
 
 

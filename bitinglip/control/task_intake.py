@@ -16,6 +16,9 @@ from bitinglip.control.db import Store
 from bitinglip.errors import InputError
 
 KINDS = ("echo", "generate", "chat", "embed", "pull", "remove", "bench")
+# What a job file may run: work only. A batch file someone hands you must not pull from a URL of
+# its choosing or remove model files, so those kinds are commands of their own, never job lines.
+JOB_KINDS = ("echo", "generate", "chat", "embed")
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,12 @@ class TaskIntake:
     def submit_job(
         self, name: str, source: str | None, fmt: str, specs: Sequence[TaskSpec]
     ) -> tuple[int, list[int]]:
-        """A job row and its child tasks, in one transaction."""
+        """A job row and its child tasks, in one transaction; only `JOB_KINDS` (else nothing)."""
+        for spec in specs:
+            if spec.kind not in JOB_KINDS:
+                raise InputError(
+                    f"a job runs only {', '.join(JOB_KINDS)}, not {spec.kind!r}; nothing queued"
+                )
         with self.store.write() as conn:
             cur = conn.execute(
                 "INSERT INTO jobs (name, source, format, total, created_at) VALUES (?, ?, ?, ?, ?)",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bitinglip.control import jobs
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskState
+from bitinglip.control.tasks import TaskSpec, TaskState
 from bitinglip.errors import InputError
 from tests.conftest import NOWHERE
 
@@ -20,7 +21,7 @@ def write(tmp_path: Path, *lines: object) -> Path:
     return path
 
 
-OPENAI_CHAT = {
+OPENAI_CHAT: dict[str, Any] = {
     "custom_id": "req-1",
     "method": "POST",
     "url": "/v1/chat/completions",
@@ -152,3 +153,57 @@ def test_openai_export_has_one_line_per_request(tmp_path: Path, plane: ControlPl
     assert body["usage"]["total_tokens"] == 5
     assert lines[1]["response"] is None and lines[1]["error"]["code"] == "not_finished"
     assert plane.task(second.id).state == TaskState.QUEUED
+
+
+# -- a job file carries only work -----------------------------------------------------------
+
+PULL: dict[str, Any] = {
+    "kind": "pull",
+    "payload": {"url": "http://attacker.invalid/x.gguf", "dest": "/tmp/x"},
+}
+REMOVE = {"kind": "remove", "payload": {"dest": "/home/me/models/gemma.gguf"}}
+
+
+OPENAI_SMUGGLES = [
+    {**OPENAI_CHAT, "custom_id": "req-3", "body": {**OPENAI_CHAT["body"], "kind": "pull"}},
+    {**OPENAI_CHAT, "custom_id": "req-3", "url": "/v1/pull"},
+    {**OPENAI_CHAT, "custom_id": "req-3", "url": "pull"},
+]
+
+
+@pytest.mark.parametrize(
+    ("good", "hostile"),
+    [
+        *[({"kind": "echo"}, line) for line in (PULL, REMOVE, {"kind": "bench"}, {"kind": "PULL"})],
+        *[(OPENAI_CHAT, line) for line in OPENAI_SMUGGLES],
+    ],
+)
+def test_a_file_with_a_non_work_line_is_refused_whole(
+    tmp_path: Path, plane: ControlPlane, good: dict[str, object], hostile: dict[str, object]
+) -> None:
+    """Two good lines, then the hostile one: one line names it, and nothing is queued."""
+    second = {**good, "custom_id": "req-2"} if "custom_id" in good else good
+    path = write(tmp_path, good, second, hostile)
+    with pytest.raises(InputError) as err:
+        plane.submit_job(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: ") and "\n" not in message
+    assert "bitinglip models" in message or "/v1/chat/completions" in message
+    if "kind" in hostile:
+        assert "echo, generate, chat, embed" in message
+    assert sum(plane.status()["tasks"].values()) == 0 and plane.jobs() == []
+
+
+def test_an_openai_body_carries_only_what_a_run_reads(tmp_path: Path) -> None:
+    body = {**OPENAI_CHAT["body"], "dest": "/x", "url": "http://attacker.invalid/", "n": 2}
+    _, (spec,) = jobs.parse_jsonl(write(tmp_path, {**OPENAI_CHAT, "body": body}))
+    assert spec.kind == "chat"
+    assert dict(spec.payload) == {"messages": body["messages"], "max_tokens": 8}
+
+
+def test_the_queue_refuses_a_job_of_other_kinds(plane: ControlPlane) -> None:
+    """Below the file parser too: a job of a pull queues nothing."""
+    specs = [TaskSpec("echo"), TaskSpec("pull", payload=PULL["payload"])]
+    with pytest.raises(InputError, match="a job runs only echo, generate, chat, embed, not 'pull'"):
+        plane.queue.submit_job("hostile", None, "bitinglip", specs)
+    assert sum(plane.status()["tasks"].values()) == 0 and plane.jobs() == []
