@@ -23,6 +23,7 @@ from bitinglip.control.task_intake import KINDS
 from bitinglip.errors import InputError
 
 FIELDS = ("state", "kind", "job", "host", "model")
+MAX_ID = 2**63 - 1  # SQLite's largest integer
 # A generate/chat result holds timings.tokens_per_s; else completion tokens over the run time.
 TOKENS_PER_S = (
     "CASE WHEN result IS NULL AND progress IS NULL THEN NULL ELSE"
@@ -130,9 +131,19 @@ def _clause(word: str) -> tuple[str, list[Any]]:
 def _text_clause(word: str) -> tuple[str, list[Any]]:
     escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     likes = [f"%{escaped}%"] * len(_TEXT_COLUMNS)
-    if word.lstrip("#").isdigit():
-        return f"id = ? OR {_TEXT}", [int(word.lstrip("#")), *likes]
+    task_id = _number(word.lstrip("#"))
+    if task_id is not None:
+        return f"id = ? OR {_TEXT}", [task_id, *likes]
     return _TEXT, likes
+
+
+def _number(text: str) -> int | None:
+    """`text` as an id: ASCII digits only (`"²".isdigit()` is true, `int("²")` raises) and within
+    SQLite's integer range (a bigger number overflows every query); else None."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
 
 
 def _choice(column: str, values: list[Any]) -> tuple[str, list[Any]]:
@@ -146,9 +157,10 @@ def _known(value: str, known: list[str], key: str) -> str:
 
 
 def _job_id(value: str) -> int:
-    if not value.isdigit():
-        raise InputError(f"filter job:{value}: a job is a number, like job:3")
-    return int(value)
+    job_id = _number(value)
+    if job_id is None:
+        raise InputError(f"filter job:{value}: a job is a number (digits 0-9), like job:3")
+    return job_id
 
 
 def page(

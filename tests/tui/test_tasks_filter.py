@@ -55,12 +55,33 @@ def test_sorts_and_counts(plane: ControlPlane, prompts: list[int]) -> None:
         ("state:bogus", "unknown state; use one of queued"),
         ("kind:nope", "unknown kind; use one of echo"),
         ("job:abc", "a job is a number"),
+        ("job:²", "a job is a number"),
+        ("job:٣", "a job is a number"),  # an Arabic-Indic three: int() takes it, SQL never
+        ("job:3,²", "a job is a number"),
+        (f"job:{2**63}", "a job is a number"),
         ('"open', "No closing quotation"),
     ],
 )
 def test_wrong_words_say_why(text: str, says: str) -> None:
     with pytest.raises(InputError, match=says):
         parse_filter(text)
+
+
+@pytest.mark.parametrize("word", ["²", "#²", "٣", str(2**63), "#" + "9" * 20, "-" + "9" * 20])
+def test_a_word_that_is_not_an_id_in_range_is_text(
+    plane: ControlPlane, prompts: list[int], word: str
+) -> None:
+    """Only ASCII digits up to SQLite's largest integer are an id; anything else is text (a
+    bigger number overflowed every query of the page)."""
+    found = parse_filter(word)
+    assert not any(isinstance(arg, int) for arg in found.args)
+    expected = prompts[::-1] if word.startswith("-") else []
+    assert ids(plane, word) == expected
+
+
+def test_the_largest_id_is_still_an_id() -> None:
+    assert parse_filter(str(2**63 - 1)).args[0] == 2**63 - 1
+    assert parse_filter(f"job:{2**63 - 1}").args == (2**63 - 1,)
 
 
 def test_tokens_per_s_from_timings_or_usage(plane: ControlPlane) -> None:
