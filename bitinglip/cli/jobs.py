@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bitinglip.cli.common import emit_json, fail, note, plane_of, table
+from bitinglip.control import atomic_file
 from bitinglip.control.jobs import Job
 
 app = typer.Typer(help="Jobs: a JSONL file of tasks, run as one batch.", no_args_is_help=True)
@@ -82,21 +83,24 @@ def export(
     ctx: typer.Context,
     job_id: Annotated[int, typer.Argument(help="Job id.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to this file (default: stdout).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write to this file, replaced whole, mode 0600 (default: stdout).",
+        ),
     ] = None,
 ) -> None:
     """Write the job's results as JSONL, one line per input line, in the input's format."""
     with plane_of(ctx) as plane:
-        lines = list(plane.export_job(job_id))
-    text = "".join(line + "\n" for line in lines)
-    if output is None:
-        typer.echo(text, nl=False)
-        return
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        fail(f"cannot write {output}: {exc.strerror}")
-    note(f"bitinglip: wrote {len(lines)} results to {output}")
+        lines = plane.export_job(job_id)
+        if output is None:
+            sys.stdout.writelines(line + "\n" for line in lines)
+            return
+        try:
+            count = atomic_file.write_lines(output, lines)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}; check the folder and its space")
+        except KeyboardInterrupt:
+            fail(f"interrupted; {output} is as it was before", 130)
+    note(f"bitinglip: wrote {count} results to {output}")
