@@ -20,12 +20,14 @@ import os
 import random
 import sqlite3
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bitinglip.control import data_dir
 from bitinglip.errors import StoreError
 
 if TYPE_CHECKING:
@@ -89,7 +91,13 @@ class Store:
         dest = dest.expanduser()
         if dest.is_dir():
             raise StoreError(f"backup: {dest} is a directory; give a file path")
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:  # 0600 like the database: the copy holds the same prompts and completions
+            fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise StoreError(f"backup: cannot write {dest}: {exc.strerror}") from None
+        os.fchmod(fd, data_dir.FILE_MODE)
+        os.close(fd)
+        tmp = Path(name)
         try:
             target = sqlite3.connect(tmp)
             try:
@@ -211,20 +219,23 @@ def open_store(path: Path, durability: str = "normal", *, create: bool = True) -
     except BaseException:
         conn.close()
         raise
+    data_dir.warn_if_open(path.parent)  # after any refusal: an error stays one line
     return Store(path, conn, durability)
 
 
 def _create(path: Path, durability: str) -> None:
-    """Build a fresh database beside `path`, then move it into place: never a half-made file."""
-    if path.parent.exists() and not path.parent.is_dir():
-        raise StoreError(
-            f"the data dir {path.parent} is a file, not a folder; point --data-dir elsewhere"
-        )
+    """Build a fresh database beside `path`, then move it into place: never a half-made file.
+
+    The file is made 0600 (`mkstemp`) before SQLite opens it, so its -wal and -shm, which SQLite
+    creates with the database file's mode, are 0600 too."""
+    data_dir.ensure(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
     except OSError as exc:
-        raise StoreError(f"cannot create the data dir {path.parent}: {exc.strerror}") from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+        raise StoreError(f"cannot create the state database {path}: {exc.strerror}") from None
+    os.fchmod(fd, data_dir.FILE_MODE)  # whatever the umask
+    os.close(fd)
+    tmp = Path(name)
     try:
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:

@@ -9,6 +9,7 @@ posts `Acted` for whoever listens (the tests do).
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -24,8 +25,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, ContentSwitcher, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from bitinglip.control import controller, task_views
+from bitinglip.control import controller, data_dir, task_views
 from bitinglip.control.plane import ControlPlane
+from bitinglip.errors import StoreError
 from bitinglip.readable import error_line
 from bitinglip.tui.backend import Backend
 from bitinglip.tui.commands import ViewCommands
@@ -356,11 +358,13 @@ class ConsoleApp(App[int]):
         traceback to a crash log beside the state database so the user can report it."""
         folder = self.backend.profile.data_dir
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            data_dir.ensure(folder)
             path = folder / f"console-crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
-            path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+            fd = data_dir.open_private(path, os.O_WRONLY | os.O_TRUNC)  # 0600: it may quote prompts
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write("".join(traceback.format_exception(error)))
             self.crash_log = path
-        except OSError:
+        except (OSError, StoreError):
             self.crash_log = None
         super()._handle_exception(error)
 

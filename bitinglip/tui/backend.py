@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from bitinglip.config import Profile
+from bitinglip.control import data_dir
 from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
 
@@ -53,8 +55,9 @@ class LogRing(logging.Handler):
 
     def open(self) -> None:
         if self.path is not None and self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            data_dir.ensure(self.path.parent)
+            fd = data_dir.open_private(self.path, os.O_WRONLY | os.O_APPEND)  # prompts: 0600
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -105,7 +108,7 @@ class Backend:
 
     def start(self) -> None:
         """Open the database (on the backend thread) and, unless read-only, run a control loop."""
-        self.profile.data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.ensure(self.profile.data_dir)
         self._plane = self._pool.submit(open_control_plane, self.profile).result()
         self.log.open()
         logging.getLogger("bitinglip").addHandler(self.log)

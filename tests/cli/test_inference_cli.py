@@ -87,7 +87,8 @@ def model_file(shared: Proc, first_run: subprocess.CompletedProcess[str]) -> Pat
 def own(tmp_path: Path, model_file: Path) -> Proc:
     """A data dir of this test's own, with the module's model file linked into it."""
     data = tmp_path / "data"
-    (data / "models").mkdir(parents=True)
+    data.mkdir(mode=0o700)  # private, as bitinglip makes it (an open one gets a warning line)
+    (data / "models").mkdir()
     (data / "models" / model_file.name).symlink_to(model_file)
     return Proc(data, tmp_path, hermetic_env(tmp_path))
 
