@@ -6,17 +6,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncssh
+from bitinglip_agent.protocol import MAX_LINE_BYTES
 
 from bitinglip.control.ssh.commands import command_line
 from bitinglip.errors import SshError
 
 
 class LineChannel(asyncssh.SSHClientSession[bytes]):
-    """Bytes in, whole lines out to `on_line`; `on_end(reason)` once when it closes."""
+    """Bytes in, whole lines out to `on_line`; `on_end(reason)` once when it closes.
+
+    Every SSH host's channel runs on the one SSH loop, so a packet costs time in proportion to
+    its own size (never to the line it belongs to), and the partial line is bounded: one longer
+    than MAX_LINE_BYTES is handed on as its first MAX_LINE_BYTES + 1 bytes (as the agent's
+    `read_line` does, for `protocol.decode` to refuse as line_too_long) and the rest of it, up
+    to the next newline, is discarded as it arrives.
+    """
 
     def __init__(self, on_line: Callable[[bytes], None], on_end: Callable[[str], None]) -> None:
         self.on_line, self.on_end = on_line, on_end
-        self._partial = b""
+        self._partial = bytearray()
+        self._skip = False  # discarding the rest of an over-long line
         self._chan: Any = None
         self._ended = False
 
@@ -26,10 +35,25 @@ class LineChannel(asyncssh.SSHClientSession[bytes]):
     def data_received(self, data: bytes, datatype: Any) -> None:
         if datatype is not None:
             return  # stderr of the relay: not protocol
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self.on_line(line + b"\n")
+        view = memoryview(data)
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if self._skip:
+                self._skip = False  # the end of a line already handed on
+            elif self._partial:
+                self._partial += view[start : end + 1]
+                self.on_line(bytes(self._partial[: MAX_LINE_BYTES + 1]))
+                self._partial.clear()
+            else:
+                self.on_line(data[start : min(end + 1, start + MAX_LINE_BYTES + 1)])
+            start = end + 1
+        if self._skip or start == len(data):
+            return
+        self._partial += view[start:]
+        if len(self._partial) > MAX_LINE_BYTES:
+            self.on_line(bytes(self._partial[: MAX_LINE_BYTES + 1]))
+            self._partial.clear()
+            self._skip = True
 
     def eof_received(self) -> bool:
         self._end("the agent closed the channel")
