@@ -19,6 +19,16 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME - 1 for the NUL
+# Bounds on what a header may declare, checked before anything is read or walked: a hostile
+# length must cost neither memory nor time. llama.cpp's gguf.cpp allows any string and any array
+# up to 1 Gi (GGUF_MAX_STRING_LENGTH, GGUF_MAX_ARRAY_ELEMENTS); keys, the values this check holds
+# and the counts get tighter bounds, far above what any published model uses.
+MAX_STRING_BYTES = 1 << 30  # GGUF_MAX_STRING_LENGTH
+MAX_KEY_BYTES = 1 << 16  # keys are dotted names of a few dozen bytes
+MAX_KEPT_STRING_BYTES = 1 << 20  # general.name, general.architecture, ...: read into memory
+MAX_ARRAY_LENGTH = 1 << 24  # 64 times the largest vocabulary (262k tokens)
+MAX_KV_COUNT = 1 << 16
+MAX_TENSOR_COUNT = 1 << 16
 _INT64_MAX = (1 << 63) - 1
 _CHUNK = 1 << 20
 _U32, _U64 = struct.Struct("=I"), struct.Struct("=Q")  # the host's byte order, as llama.cpp
@@ -139,8 +149,15 @@ class _Reader:
         else:
             self.buf, self.pos, self.base = b"", 0, self.tell() + n
 
-    def string(self, what: str) -> str:
-        return self.read(self.u64(what), what).decode("utf-8", errors="replace")
+    def length(self, what: str, limit: int) -> int:
+        """A string's declared length, refused above `limit` before any of it is read."""
+        n = self.u64(what)
+        if n > limit:
+            raise self.fail(f"{what} is {n} bytes long (at most {limit}): corrupt or hostile")
+        return n
+
+    def string(self, what: str, limit: int) -> str:
+        return self.read(self.length(what, limit), what).decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int, what: str) -> None:
         """Skip `count` GGUF strings: a tight loop inside the buffer, one refill per chunk."""
@@ -216,6 +233,10 @@ def _parse_preamble(r: _Reader) -> tuple[int, int, int]:
     if raw not in SUPPORTED_VERSIONS:
         raise r.fail(f"unsupported GGUF version {raw} (need 2 or 3)")
     tensor_count, kv_count = r.u64("tensor count"), r.u64("metadata kv count")
+    if tensor_count > MAX_TENSOR_COUNT:
+        raise r.fail(f"absurd tensor count {tensor_count} (at most {MAX_TENSOR_COUNT})")
+    if kv_count > MAX_KV_COUNT:
+        raise r.fail(f"absurd metadata kv count {kv_count} (at most {MAX_KV_COUNT})")
     if tensor_count > r.size:  # more tensors than bytes: no file this short could hold them
         raise r.fail(f"absurd tensor count {tensor_count} for a {r.size}-byte file")
     if kv_count > r.size:
@@ -231,13 +252,14 @@ def _parse_metadata(r: _Reader, kv_count: int) -> dict[str, tuple[int, Any]]:
     meta: dict[str, tuple[int, Any]] = {}
     seen: set[str] = set()
     for i in range(kv_count):
-        key = r.string(f"metadata key #{i}")
+        key = r.string(f"metadata key #{i}", MAX_KEY_BYTES)
         if key in seen:
             raise r.fail(f"duplicate metadata key {key!r}")
         seen.add(key)
         vtype = r.u32(f"type of metadata {key!r}")
         wanted = key.startswith("general.") or key.endswith(_WANTED_SUFFIXES)
-        value = _read_value(r, vtype, f"metadata {key!r}", wanted)
+        keep = wanted and not key.endswith(".chat_template")  # its type is all the summary says
+        value = _read_value(r, vtype, f"metadata {key!r}", keep)
         if wanted:
             meta[key] = (vtype, value)
     return meta
@@ -250,7 +272,7 @@ def _read_value(r: _Reader, vtype: int, what: str, keep: bool) -> Any:
             return r.unpack(st, what)
         r.skip(st.size, what)
     elif vtype == _STRING:
-        n = r.u64(what)
+        n = r.length(what, MAX_KEPT_STRING_BYTES if keep else MAX_STRING_BYTES)
         if keep:
             return r.read(n, what).decode("utf-8", errors="replace")
         r.skip(n, what)
@@ -263,6 +285,8 @@ def _read_value(r: _Reader, vtype: int, what: str, keep: bool) -> Any:
 
 def _skip_array(r: _Reader, what: str) -> None:
     etype, count = r.u32(f"{what} array type"), r.u64(f"{what} array length")
+    if count > MAX_ARRAY_LENGTH:
+        raise r.fail(f"{what} is an array of {count} elements (at most {MAX_ARRAY_LENGTH})")
     st = _SCALARS.get(etype)
     if st is not None:
         r.skip(count * st.size, f"{what} ({count} elements)")
@@ -307,10 +331,8 @@ def _parse_tensor_infos(r: _Reader, tensor_count: int) -> list[_TensorInfo]:
     infos: list[_TensorInfo] = []
     names: set[str] = set()
     for i in range(tensor_count):
-        name = r.string(f"tensor #{i} name")
+        name = r.string(f"tensor #{i} name", MAX_NAME_BYTES)
         what = f"tensor {name!r}"
-        if len(name.encode()) > MAX_NAME_BYTES:
-            raise r.fail(f"tensor #{i} name is longer than {MAX_NAME_BYTES} bytes")
         if name in names:
             raise r.fail(f"duplicate tensor name {name!r}")
         names.add(name)

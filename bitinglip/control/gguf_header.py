@@ -23,6 +23,15 @@ MAX_HEADER = 256 << 20  # a GGUF header this large is corrupt, and reading on wo
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
+MAX_NAME_BYTES = 63  # GGML_MAX_NAME - 1 for the NUL
+# Bounds on what a header may declare, checked before anything is fetched or walked (as the
+# agent's gguf_check does): a hostile length must cost neither downloads, memory nor time.
+MAX_STRING_BYTES = 1 << 30  # llama.cpp's GGUF_MAX_STRING_LENGTH (MAX_HEADER is lower still)
+MAX_KEY_BYTES = 1 << 16  # keys are dotted names of a few dozen bytes
+MAX_KEPT_STRING_BYTES = 1 << 20  # general.name, general.architecture, ...: held in memory
+MAX_ARRAY_LENGTH = 1 << 24  # 64 times the largest vocabulary (262k tokens)
+MAX_KV_COUNT = 1 << 16
+MAX_TENSOR_COUNT = 1 << 16
 
 # ggml type id -> (name, elements per block, bytes per block), as gguf-py 0.19's
 # gguf.constants.GGML_QUANT_SIZES (tests compare the two) and agents' gguf_check.
@@ -206,8 +215,15 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return int(self.unpack(_U64, what))
 
-    def string(self, what: str) -> str:
-        return self.take(self.u64(what), what).decode("utf-8", errors="replace")
+    def length(self, what: str, limit: int) -> int:
+        """A string's declared length, refused above `limit` before any of it is fetched."""
+        n = self.u64(what)
+        if n > limit:
+            raise self.fail(f"{what} is {n} bytes long (at most {limit}): corrupt or hostile")
+        return n
+
+    def string(self, what: str, limit: int) -> str:
+        return self.take(self.length(what, limit), what).decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int, what: str) -> None:
         """Skip `count` GGUF strings; how far an earlier, shorter prefix got is in `memo` (array
@@ -277,6 +293,10 @@ def _preamble(c: _Cursor) -> tuple[int, int, int]:
     if version not in (2, 3):
         raise c.fail(f"unsupported GGUF version {version} (need 2 or 3)")
     tensor_count, kv_count = c.u64("tensor count"), c.u64("metadata kv count")
+    if tensor_count > MAX_TENSOR_COUNT:
+        raise c.fail(f"absurd tensor count {tensor_count} (at most {MAX_TENSOR_COUNT})")
+    if kv_count > MAX_KV_COUNT:
+        raise c.fail(f"absurd metadata kv count {kv_count} (at most {MAX_KV_COUNT})")
     need = c.pos + kv_count * _MIN_KV_BYTES + tensor_count * _MIN_TENSOR_INFO_BYTES
     if need > c.size:
         raise c.fail(
@@ -289,7 +309,7 @@ def _preamble(c: _Cursor) -> tuple[int, int, int]:
 def _metadata(c: _Cursor, kv_count: int) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for i in range(kv_count):
-        key = c.string(f"metadata key #{i}")
+        key = c.string(f"metadata key #{i}", MAX_KEY_BYTES)
         vtype = c.u32(f"type of metadata {key!r}")
         keep = key.startswith(("general.", "split.")) or key.endswith(_KEEP_SUFFIXES)
         value = _value(c, vtype, f"metadata {key!r}", keep)
@@ -305,7 +325,7 @@ def _value(c: _Cursor, vtype: int, what: str, keep: bool) -> Any:
             return c.unpack(st, what)
         c.skip(st.size, what)
     elif vtype == _STRING:
-        n = c.u64(what)
+        n = c.length(what, MAX_KEPT_STRING_BYTES if keep else MAX_STRING_BYTES)
         if keep:
             return c.take(n, what).decode("utf-8", errors="replace")
         c.skip(n, what)
@@ -319,6 +339,8 @@ def _value(c: _Cursor, vtype: int, what: str, keep: bool) -> Any:
 def _array(c: _Cursor, what: str, keep: bool) -> list[int] | None:
     """Skip an array; keep it (as ints) only when wanted and of an integer type."""
     etype, count = c.u32(f"{what} array type"), c.u64(f"{what} array length")
+    if count > MAX_ARRAY_LENGTH:
+        raise c.fail(f"{what} is an array of {count} elements (at most {MAX_ARRAY_LENGTH})")
     st = _SCALARS.get(etype)
     if st is not None:
         if keep and etype in _INT_TYPES and count <= 4096:
@@ -356,7 +378,7 @@ _Info = tuple[str, tuple[int, ...], int, int]  # name, shape, ggml type, offset
 def _tensor_infos(c: _Cursor, count: int) -> list[_Info]:
     infos: list[_Info] = []
     for i in range(count):
-        name = c.string(f"tensor #{i} name")
+        name = c.string(f"tensor #{i} name", MAX_NAME_BYTES)
         n_dims = c.u32(f"tensor {name!r} n_dims")
         if n_dims > MAX_DIMS:
             raise c.fail(f"tensor {name!r} has {n_dims} dimensions (at most {MAX_DIMS})")

@@ -86,6 +86,12 @@ def write_misaligned_offset(path: Path, valid: Path) -> Path:
     return path
 
 
+HOSTILE = 1 << 28  # 256 MiB: what a hostile length declares (and what the file then holds)
+# Headers whose lengths and counts are within the file's size but far past any real model's:
+# each must be refused before the reader allocates or walks what they declare.
+HOSTILE_CASES = ("huge_key", "huge_string", "huge_array", "many_tensors", "many_kvs")
+
+
 BAD_CASES = (
     "empty",
     "random",
@@ -103,6 +109,7 @@ BAD_CASES = (
     "directory",
     "missing",
     "permission_denied",
+    *HOSTILE_CASES,
 )
 
 
@@ -110,6 +117,36 @@ BAD_CASES = (
 class BadCase:
     path: Path
     reason: str  # a word the one-line reason must contain
+
+
+def _gguf_string(text: str) -> bytes:
+    return struct.pack("<Q", len(text)) + text.encode()
+
+
+def write_hostile(path: Path, case: str) -> BadCase:
+    """A hand-made header for one of HOSTILE_CASES, in a sparse file large enough that only the
+    declared length or count is wrong (as in a multi-GiB model a hostile hub could serve)."""
+    gguf_type = {"string": 8, "array": 9}
+    kvs, tensors, reason = 1, 0, "bytes long"
+    if case == "huge_key":  # a key of 256 MiB
+        body = struct.pack("<Q", HOSTILE)
+    elif case == "huge_string":  # a value the reader keeps, of 256 MiB
+        body = _gguf_string("general.name") + struct.pack("<IQ", gguf_type["string"], HOSTILE)
+    elif case == "huge_array":  # 32 Mi empty strings: one tight loop step each
+        body = _gguf_string("tokenizer.ggml.tokens") + struct.pack(
+            "<IIQ", gguf_type["array"], gguf_type["string"], HOSTILE // 8
+        )
+        reason = "elements"
+    elif case == "many_tensors":  # 128 Ki tensor infos of zeros
+        kvs, tensors, body, reason = 0, 1 << 17, b"", "absurd tensor count"
+    elif case == "many_kvs":  # 128 Ki metadata entries of zeros
+        kvs, body, reason = 1 << 17, b"", "absurd metadata kv count"
+    else:
+        raise ValueError(case)
+    with path.open("wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, tensors, kvs) + body)
+        f.truncate(HOSTILE + (1 << 20))  # sparse: no disk blocks for the zeros
+    return BadCase(path, reason)
 
 
 def write_bad_corpus(root: Path, valid: Path) -> dict[str, BadCase]:
@@ -159,6 +196,8 @@ def write_bad_corpus(root: Path, valid: Path) -> dict[str, BadCase]:
     unreadable = put("unreadable.gguf", good)
     os.chmod(unreadable, 0)
     cases["permission_denied"] = BadCase(unreadable, "permission denied")
+    for case in HOSTILE_CASES:
+        cases[case] = write_hostile(root / f"{case}.gguf", case)
     return cases
 
 

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import gguf
@@ -95,6 +96,22 @@ def test_every_broken_file_is_refused_in_one_line(
     assert reason.startswith(f"{bad[case].path}: ")
     assert bad[case].reason in reason
     assert "\n" not in reason
+
+
+@pytest.mark.parametrize("case", corpus.HOSTILE_CASES)
+def test_a_hostile_header_is_refused_before_what_it_declares_is_read(
+    bad: dict[str, corpus.BadCase], case: str
+) -> None:
+    """A 256 MiB key or kept string, 32 Mi array strings, 128 Ki tensors or kvs: refused with
+    the reason, having held no more than a read chunk or two (not the 256 MiB declared)."""
+    tracemalloc.start()
+    try:
+        reason = reason_for(bad[case].path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert bad[case].reason in reason and "at most" in reason, reason
+    assert peak < 8 << 20, f"{case}: the check held {peak} bytes"
 
 
 def test_the_corpus_is_complete(bad: dict[str, corpus.BadCase]) -> None:
