@@ -4,6 +4,7 @@ tasks run, Enter into its tasks, and the export of its results to a file."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,27 @@ async def test_export_writes_the_results_where_it_says(
         ]
         expected = await c.backend.call(lambda plane: list(plane.export_job(job_id)))
         assert written.read_text(encoding="utf-8") == "".join(x + "\n" for x in expected)
+
+
+async def test_export_never_writes_through_a_planted_symlink(
+    console: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temp file is a fresh random name: a symlink planted at the name the export once
+    used (`.NAME.PID.tmp`) is not followed, and the file it points to is unchanged."""
+    monkeypatch.chdir(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n", encoding="utf-8")
+    async with console(start="jobs") as c:
+        job_id = await run_job(c, tmp_path)
+        (tmp_path / f".job-{job_id}.jsonl.{os.getpid()}.tmp").symlink_to(victim)
+        await c.refreshed("jobs")
+        await c.pilot.press("e")
+        await c.pilot.press("enter")
+        await wait_until(c, lambda: c.posted(ConsoleApp.Acted), 15, "the export")
+        (report,) = c.posted(ConsoleApp.Acted)
+        assert report.ok, report.detail
+    assert victim.read_text(encoding="utf-8") == "keep me\n"
+    assert len((tmp_path / f"job-{job_id}.jsonl").read_text(encoding="utf-8").splitlines()) == LINES
 
 
 async def test_export_to_a_folder_that_is_not_there_says_so(console: Any, tmp_path: Path) -> None:

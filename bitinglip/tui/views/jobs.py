@@ -8,7 +8,6 @@ the job's first task started; the ETA is what is left at that pace. Enter shows 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +18,7 @@ from textual.app import ComposeResult
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
+from bitinglip.control import atomic_file
 from bitinglip.control.job_pace import JobPace, job_paces
 from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
@@ -155,14 +155,8 @@ class JobsView(View):
 def write_export(plane: ControlPlane, job_id: int, path: Path) -> tuple[int, Path]:
     """The job's result lines to `path`, replaced whole (never half written); returns how many
     and where (the absolute path)."""
-    lines = list(plane.export_job(job_id))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(lines), path.resolve()
+    count = atomic_file.write_lines(path, plane.export_job(job_id))
+    return count, path.resolve()
 
 
 def job_cells(line: JobLine, now: float) -> tuple[Any, ...]:
