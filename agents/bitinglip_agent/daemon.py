@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import socket
+import stat
 import sys
 import threading
 import time
@@ -57,8 +58,15 @@ def start(path: str, options: AgentOptions, detached_exit_s: float) -> int:
     """Start the daemon unless one is running; print one JSON line saying which."""
     path = socket_path(path)
     folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    lock_fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        unsafe = unsafe_folder(folder)
+    except OSError as exc:
+        unsafe = f"cannot use the run folder {folder}: {exc.strerror or exc}"
+    if unsafe is not None:
+        sys.stderr.write(f"bitinglip_agent: {unsafe}\n")
+        return 1
+    lock_fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)  # two starters at once: one starts, one finds it
         if is_running(path):
@@ -71,6 +79,23 @@ def start(path: str, options: AgentOptions, detached_exit_s: float) -> int:
         os.close(lock_fd)
     _say({"socket": path, "started": True, "pid": pid})
     return 0
+
+
+def unsafe_folder(folder: str) -> str | None:
+    """Why the socket's folder is not safe to serve from, or None: it must be this user's and
+    writable by no one else, or another user could replace the socket or its lock."""
+    st = os.stat(folder)
+    if st.st_uid != os.geteuid():
+        return (
+            f"the run folder {folder} belongs to uid {st.st_uid}, not this user ({os.geteuid()});"
+            " remove it (or pick another --socket path) and start again"
+        )
+    if st.st_mode & 0o022:
+        return (
+            f"the run folder {folder} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):o}); run `chmod 700 {folder}` and start again"
+        )
+    return None
 
 
 def attach(path: str) -> int:

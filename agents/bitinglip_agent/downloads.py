@@ -8,8 +8,8 @@ any byte moves, bytes to `<dest>.partial` hashed as they are written, resumes wi
 retries with backoff, and a commit that leaves `dest` only ever holding a verified file (a
 mismatch goes to `.quarantine/` with a `.why` beside it).
 
-Standard library only (urllib, http.client); the HF token is sent only to the host the URL
-names, never logged, never put in a message.
+Standard library only (urllib, http.client); the HF token is sent only over https to the hub
+the pull names (hub_token.py), never logged, never put in a message.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class PullSpec:
     size: int
     sha256: str
     dest: str
+    hub: str | None = None  # the control plane's hub: the only place the HF token may go
     margin_bytes: int = DEFAULT_MARGIN_BYTES
     timeout_s: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
@@ -77,6 +78,9 @@ class PullSpec:
             raise PullFailed("bad_request", "file.size must be a byte count")
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
             raise PullFailed("bad_request", "file.sha256 must be 64 hex digits")
+        hub = msg.get("hub")
+        if hub is not None and not isinstance(hub, str):
+            raise PullFailed("bad_request", "hub must be the hub's base URL")
         return cls(
             url=url,
             repo=str(file.get("repo") or ""),
@@ -85,6 +89,7 @@ class PullSpec:
             size=size,
             sha256=sha256.lower(),
             dest=dest,
+            hub=hub,
             margin_bytes=int(msg.get("margin_bytes", DEFAULT_MARGIN_BYTES)),
             timeout_s=float(msg.get("timeout_s", DEFAULT_TIMEOUT_S)),
             retries=max(int(msg.get("retries", DEFAULT_RETRIES)), 0),

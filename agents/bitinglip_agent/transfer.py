@@ -6,12 +6,13 @@ hashing it and asking for the rest (`Range`); retries stalls, resets, short bodi
 connections and 5xx with backoff; and commits a finished file only when its size and sha256
 match (fsync, rename), or moves it to `.quarantine/` with a `.why` beside it.
 
-Standard library only (urllib, http.client); the HF token goes only to the host the URL names.
+Standard library only (urllib, http.client); the HF token goes only where hub_token.py allows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import http.client
@@ -21,11 +22,11 @@ import socket
 import stat
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any, Callable
 
 from bitinglip_agent import __version__
+from bitinglip_agent.hub_token import TokenRedirects, sends_token
 
 if TYPE_CHECKING:
     from bitinglip_agent.downloads import Job
@@ -36,6 +37,11 @@ PROGRESS_EVERY_S = 0.5
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 30.0
 PARTIAL_SUFFIX = ".partial"
 QUARANTINE_DIR = ".quarantine"
+# Files the agent writes are opened with these: never through a symlink, never inherited.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_PLAIN = (
+    "is a symlink or not a plain file; refused to write through it (remove it and pull again)"
+)
 
 
 class PullFailed(Exception):
@@ -70,7 +76,8 @@ class Transfer:
         self.hasher = hashlib.sha256()
         self.offset = 0  # bytes in the partial, all of them in `hasher`
         self.resumed_from = 0
-        self._opener = urllib.request.build_opener(_TokenRedirects)
+        self.sends_token = bool(token) and sends_token(self.spec.url, self.spec.hub)
+        self._opener = urllib.request.build_opener(TokenRedirects(self.spec.hub))
         self._started_at = time.monotonic()
         self._fetched = 0
         self._progress_at = 0.0
@@ -137,10 +144,17 @@ class Transfer:
             )
 
     def _open_partial(self) -> int:
+        """The partial, opened never through a symlink (one planted there would have the agent
+        write wherever it points) and only when it is a plain file."""
         try:
-            fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PullFailed("write_failed", f"{self.partial} {_NOT_PLAIN}") from None
             raise PullFailed("write_failed", f"creating {self.partial}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PullFailed("write_failed", f"{self.partial} {_NOT_PLAIN}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -209,7 +223,7 @@ class Transfer:
         request.add_header("Accept-Encoding", "identity")
         if offset:
             request.add_header("Range", f"bytes={offset}-")
-        if self.token:
+        if self.sends_token:
             request.add_unredirected_header("Authorization", f"Bearer {self.token}")
         try:
             resp = self._opener.open(request, timeout=self.spec.timeout_s)
@@ -224,11 +238,12 @@ class Transfer:
     def _refused(self, status: int, reason: str) -> Exception:
         spec = self.spec
         if status in (401, 403):
-            fix = (
-                "the HF_TOKEN given has no access to it (accept its terms on the hub?)"
-                if self.token
-                else "set HF_TOKEN to a token with access to it"
-            )
+            if self.sends_token:
+                fix = "the HF_TOKEN given has no access to it (accept its terms on the hub?)"
+            elif self.token:
+                fix = f"HF_TOKEN goes only over https to the hub ({spec.hub or 'none named'})"
+            else:
+                fix = "set HF_TOKEN to a token with access to it"
             return PullFailed(
                 "unauthorized",
                 f"the hub refused access to {spec.repo or spec.url} (gated or private,"
@@ -286,8 +301,10 @@ class Transfer:
             f"{reason}\nrepo: {self.spec.repo}\ncommit: {self.spec.commit}\n"
             f"name: {self.spec.name}\nurl: {self.spec.url}\nat: {time.time():.0f}\n"
         )
-        with contextlib.suppress(OSError), open(path + ".why", "w", encoding="utf-8") as f:
-            f.write(why)
+        with contextlib.suppress(OSError):  # a new file only: never through what is there
+            fd = os.open(path + ".why", os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            with open(fd, "w", encoding="utf-8") as f:
+                f.write(why)
         _fsync_dir(folder)
         raise PullFailed("checksum_mismatch", f"{reason}; quarantined at {path}")
 
@@ -323,29 +340,6 @@ class Transfer:
         if self.job.stop_code == "agent_stopping":
             raise PullFailed("agent_stopping", f"the agent is stopping; {kept}")
         raise PullFailed("canceled", f"canceled; {kept}")
-
-
-class _TokenRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, sending the token on only to the host it was meant for: the hub serves
-    file bodies from a CDN whose signed URLs need (and must not see) no other credential."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        auth = req.unredirected_hdrs.get("Authorization")
-        same_host = (
-            urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
-        )
-        if new is not None and auth and same_host:
-            new.add_unredirected_header("Authorization", auth)
-        return new
 
 
 def _range_start(resp: http.client.HTTPResponse) -> int | None:

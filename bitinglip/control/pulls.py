@@ -19,7 +19,7 @@ from bitinglip_agent.protocol import unsafe_reason
 from bitinglip.config import HostConfig
 from bitinglip.control import registry
 from bitinglip.control.db import Store
-from bitinglip.control.hub_refs import HubFile
+from bitinglip.control.hub_refs import HubFile, endpoint
 from bitinglip.control.tasks import TaskQueue, TaskSpec
 from bitinglip.errors import InputError
 
@@ -77,7 +77,14 @@ def plan(queue: TaskQueue, file: HubFile, hosts: Sequence[HostConfig]) -> list[T
             TaskSpec(
                 kind="pull",
                 host=host.name,
-                payload={"file": _file(file), "dest": dest(file), "model_id": model_id},
+                # `hub`: the one place the agent may send HF_TOKEN (over https, or http to a
+                # loopback hub); never the file's URL host alone.
+                payload={
+                    "file": _file(file),
+                    "dest": dest(file),
+                    "model_id": model_id,
+                    "hub": endpoint(),
+                },
             )
         )
         registry.set_host_state(store, host.name, model_id, "pulling", task_id=task_id)

@@ -346,13 +346,13 @@ def test_the_token_opens_a_gated_repo_and_is_never_echoed(
 
     agent.send("configure", "c1", secrets={"HF_TOKEN": token + "-wrong"})
     agent.outcome("c1")
-    agent.pull("p1", gated.file(), NAME)
+    agent.pull("p1", gated.file(), NAME, hub=hub.url)
     refused = agent.outcome("p1")
     assert refused["code"] == "unauthorized" and "no access" in refused["message"], refused
 
     agent.send("configure", "c2", secrets={"HF_TOKEN": token})
     agent.outcome("c2")
-    agent.pull("p2", gated.file(), NAME)
+    agent.pull("p2", gated.file(), NAME, hub=hub.url)
     assert_pulled(agent.outcome("p2"), models, NAME, data)
     sent = [r.headers.get("authorization") for r in hub.requests if r.method == "GET"]
     assert sent == [f"Bearer {token}-wrong", f"Bearer {token}"]
@@ -391,7 +391,7 @@ def test_a_redirect_elsewhere_keeps_the_range_but_not_the_token(
             agent.outcome("c1")
             port = front.server_address[1]
             url = f"http://127.0.0.1:{port}/{REPO}/resolve/{remote.commit}/{quote(NAME)}"
-            agent.pull("p1", remote.file(url=url), NAME)
+            agent.pull("p1", remote.file(url=url), NAME, hub=f"http://127.0.0.1:{port}")
             assert_pulled(agent.outcome("p1"), models, NAME, remote.data)
         finally:
             front.shutdown()
