@@ -8,6 +8,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,30 @@ def test_a_symlink_planted_at_the_partial_is_not_written_through(
     (models / f"{NAME}.partial").unlink()  # the same agent pulls once the link is gone
     agent.pull("p2", remote.file(), NAME)
     assert_pulled(agent.outcome("p2"), models, NAME, remote.data)
+
+
+def test_a_symlink_planted_at_the_quarantine_note_is_not_written_through(
+    agent: Agent,  # noqa: F811 - the imported fixture
+    remote: Remote,  # noqa: F811
+    models: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The `.why` beside a quarantined file has a name one can guess (the dest and the second):
+    links planted at every name of the next minute are left alone, the note goes unwritten."""
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"precious")
+    quarantine = models / ".quarantine"
+    quarantine.mkdir()
+    now = int(time.time())
+    for second in range(now, now + 60):
+        (quarantine / f"{NAME}.{second}.why").symlink_to(outside)
+    remote.fault("flip", at=100, times=1)
+    agent.pull("p1", remote.file(), NAME)
+    reply = agent.outcome("p1")
+    assert reply["code"] == "checksum_mismatch", reply
+    assert outside.read_bytes() == b"precious"
+    kept = [p for p in quarantine.iterdir() if not p.is_symlink()]
+    assert [p.name for p in kept] == [reply["message"].rsplit("/", 1)[-1]], "the file, no note"
 
 
 def _start_daemon(sock: Path) -> subprocess.CompletedProcess[str]:
