@@ -6,26 +6,41 @@ It sleeps on its doorbell until new work is committed, an agent says something, 
 due, a lease needs renewing or the reaper is due; it never polls the queue in a tight loop.
 On `stop()` it stops taking work, gives running tasks `shutdown_grace_s` to finish, and releases
 what is left back to the queue without an attempt penalty.
+
+A step that fails is logged and retried after a backoff (loop_faults.py); when the loop cannot
+go on, `run()` raises the reason (and `failure` keeps it).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bitinglip.config import Profile
 from bitinglip.control import controller
 from bitinglip.control.db import Store, open_store
 from bitinglip.control.doorbell import Doorbell
+from bitinglip.control.loop_faults import Faults
 from bitinglip.control.scheduler import Dispatcher
 from bitinglip.control.tasks import TaskQueue
+from bitinglip.errors import BitinglipError
 
 log = logging.getLogger(__name__)
 
 ECHO_BATCH = 512
 CHECKPOINT_EVERY_S = 1.0
+
+
+@dataclass
+class _Timers:
+    renew_at: float = 0.0
+    reap_at: float = 0.0
+    checkpoint_at: float = 0.0
+    written: tuple[int, int] = (-1, -1)
 
 
 class ControlLoop:
@@ -39,6 +54,9 @@ class ControlLoop:
         self.commits = 0  # counts those notifications, so a waiter never misses one
         self.is_controller = threading.Event()
         self._stop = threading.Event()
+        self.faults = Faults()
+        self.failure: BitinglipError | None = None  # why `run()` gave up, if it did
+        self.ended = threading.Event()  # set once `run()` has returned or raised
         self.dispatcher: Dispatcher | None = None
         if profile.hosts:
             self.dispatcher = Dispatcher(profile, self.owner, self.doorbell.ring)
@@ -56,46 +74,74 @@ class ControlLoop:
             store = open_store(self.profile.db_path, self.profile.durability)
         except BaseException:
             self.doorbell.close()
+            self.ended.set()
             raise
         queue = TaskQueue(store, self.profile.queue)
         try:
             self._serve(store, queue, on_state or (lambda _s: None))
             if self.is_controller.is_set():
                 self._drain(store, queue)
+        except BitinglipError as exc:
+            self.failure = exc
+            raise
         finally:
+            self._let_go(store, queue)
+            self.doorbell.close()
+            store.close()
+            self.ended.set()
+
+    def _let_go(self, store: Store, queue: TaskQueue) -> None:
+        """Running tasks back to the queue, agents stopped, the lease released. After a failure
+        the database may refuse: then leases expire on their own, and the failure is what
+        `run()` raises."""
+        try:
             if self.dispatcher is not None:
                 self.dispatcher.release_all(queue, "released: the controller stopped")
             if self.is_controller.is_set():
                 controller.release(store, self.owner)
-            self.doorbell.close()
-            store.close()
+        except (BitinglipError, sqlite3.Error) as exc:
+            if self.failure is None:
+                raise
+            log.warning("stopping: tasks and lease not released (%s); they expire", exc)
 
     def _serve(self, store: Store, queue: TaskQueue, on_state: Callable[[str], None]) -> None:
-        lease_s = self.profile.controller_lease_s
-        reaper_s = self.profile.queue.reaper_interval_s
-        renew_at = reap_at = checkpoint_at = 0.0
-        written = (-1, -1)
+        timers = _Timers()
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= renew_at:
-                self._hold_lease(store, queue, lease_s, on_state)
-                renew_at = now + lease_s / 3
-            if not self.is_controller.is_set():
-                self._stop.wait(min(lease_s / 3, 0.5))
+            try:
+                self._turn(store, queue, on_state, timers)
+            except Exception as exc:  # noqa: BLE001 - the loop boundary: log, back off, maybe stop
+                self._stop.wait(self.faults.failed(exc))
                 continue
-            if now >= reap_at:
-                queue.reap()
-                reap_at = now + reaper_s
-            if store.durability == "normal" and now >= checkpoint_at:
-                # data_version moves on other connections' commits, total_changes on ours.
-                now_written = (store.data_version(), store.conn.total_changes)
-                if now_written != written:
-                    store.checkpoint()
-                    written = now_written
-                checkpoint_at = now + CHECKPOINT_EVERY_S
-            if self._work(queue):
-                continue
-            self._sleep(queue, min(renew_at, reap_at))
+            self.faults.ok()
+
+    def _turn(
+        self,
+        store: Store,
+        queue: TaskQueue,
+        on_state: Callable[[str], None],
+        timers: _Timers,
+    ) -> None:
+        lease_s = self.profile.controller_lease_s
+        now = time.monotonic()
+        if now >= timers.renew_at:
+            self._hold_lease(store, queue, lease_s, on_state)
+            timers.renew_at = now + lease_s / 3
+        if not self.is_controller.is_set():
+            self._stop.wait(min(lease_s / 3, 0.5))
+            return
+        if store.durability == "normal" and now >= timers.checkpoint_at:
+            # data_version moves on other connections' commits, total_changes on ours.
+            now_written = (store.data_version(), store.conn.total_changes)
+            if now_written != timers.written:
+                store.checkpoint()
+                timers.written = now_written
+            timers.checkpoint_at = now + CHECKPOINT_EVERY_S
+        busy = self._work(queue)
+        if now >= timers.reap_at:  # after the work: results received in time are stored first
+            queue.reap()
+            timers.reap_at = now + self.profile.queue.reaper_interval_s
+        if not busy:
+            self._sleep(queue, min(timers.renew_at, timers.reap_at))
 
     def _work(self, queue: TaskQueue) -> bool:
         if self.dispatcher is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ from bitinglip.config import HostConfig, Profile
 from bitinglip.control import models, pulls, registry
 from bitinglip.control.fleet_watch import FleetWatch
 from bitinglip.control.local import LocalTransport
+from bitinglip.control.loop_faults import describe, is_storage
 from bitinglip.control.sessions import AgentSession, Incoming, Inflight, Transport
 from bitinglip.control.tasks import Claim, TaskQueue
-from bitinglip.errors import BitinglipError
+from bitinglip.errors import BitinglipError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class HostAgent:
     restart_at: float = 0.0
     backoff: float = 0.0
     said: str = ""  # the last detach reason logged (a host failing the same way says it once)
+    fill_at: float = 0.0  # after filling it failed: not before this
 
 
 class Dispatcher:
@@ -65,6 +68,7 @@ class Dispatcher:
         self.wake = wake
         self.agents = [HostAgent(h) for h in profile.hosts]
         self._inbox: collections.deque[Incoming] = collections.deque()
+        self._results: list[tuple[int, int, object]] = []  # received, kept until stored
         self._beat_at = 0.0
         self._flush_at = 0.0
         self._turn = 0
@@ -76,8 +80,9 @@ class Dispatcher:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _start(self, agent: HostAgent) -> None:
-        agent.session = AgentSession(agent.host.name, self._transport(agent.host), self._receive)
-        agent.session.start()
+        session = AgentSession(agent.host.name, self._transport(agent.host), self._receive)
+        session.start()
+        agent.session = session
 
     def _transport(self, host: HostConfig) -> Transport:
         if host.kind == "ssh":
@@ -106,12 +111,14 @@ class Dispatcher:
             if agent.session is not None:
                 items += [(f.task_id, f.token) for f in agent.session.inflight.values()]
                 agent.session.inflight.clear()
-        released = queue.release(items, reason) if items else 0
-        self.watch.observe(queue, self.agents)  # what a short-lived controller saw is kept
-        for agent in self.agents:
-            if agent.session is not None:
-                agent.session.shutdown()
-                agent.session = None
+        try:
+            released = queue.release(items, reason) if items else 0
+            self.watch.observe(queue, self.agents)  # what a short-lived controller saw is kept
+        finally:  # the agents stop even when the database refuses (their leases then expire)
+            for agent in self.agents:
+                if agent.session is not None:
+                    agent.session.shutdown()
+                    agent.session = None
         self.watch.observe(queue, self.agents)  # ... and that it no longer holds a connection
         return released
 
@@ -123,15 +130,12 @@ class Dispatcher:
         busy = self._handle_inbox(queue)
         self._turn = (self._turn + 1) % max(len(self.agents), 1)
         for agent in self.agents[self._turn :] + self.agents[: self._turn]:
-            if agent.session is None and self.accepting and now >= agent.restart_at:
-                self._start(agent)
-            elif (
-                agent.session is not None
-                and agent.session.ready
-                and self.accepting
-                and self.watch.heartbeat_ok(agent.host.name)
-            ):
-                busy |= self._fill(queue, agent)
+            try:
+                busy |= self._tend(queue, agent, now)
+            except Exception as exc:  # one host's boundary: the others go on
+                if is_storage(exc):
+                    raise  # every host's: the loop backs off
+                self._host_failed(agent, exc)
         if now >= self._flush_at:
             self._flush_output(queue, only_first=False)
             self._flush_at = now + OUTPUT_FLUSH_S
@@ -148,7 +152,41 @@ class Dispatcher:
         if self.inflight:
             due.append(self._flush_at)
         due += [a.restart_at for a in self.agents if a.session is None]
+        due += [a.fill_at for a in self.agents if a.fill_at > now]
         return max(min(due) - now, 0.0)
+
+    def _tend(self, queue: TaskQueue, agent: HostAgent, now: float) -> bool:
+        """Start the host's agent when due, or give it work; True when work was sent."""
+        if not self.accepting:
+            return False
+        if agent.session is None:
+            if now >= agent.restart_at:
+                self._start(agent)
+            return False
+        if not (
+            agent.session.ready
+            and now >= agent.fill_at
+            and self.watch.heartbeat_ok(agent.host.name)
+        ):
+            return False
+        busy = self._fill(queue, agent)
+        agent.fill_at = 0.0
+        return busy
+
+    def _host_failed(self, agent: HostAgent, exc: Exception) -> None:
+        """Starting or filling one host failed: it waits (backing off), the others go on."""
+        agent.backoff = min(max(agent.backoff * 2, RESTART_BACKOFF_S[0]), RESTART_BACKOFF_S[1])
+        agent.restart_at = agent.fill_at = time.monotonic() + agent.backoff
+        reason = describe(exc)
+        if reason != agent.said:
+            agent.said = reason
+            log.warning(
+                "host %s: %s; trying again in %.1fs",
+                agent.host.name,
+                reason,
+                agent.backoff,
+                exc_info=None if isinstance(exc, BitinglipError) else exc,
+            )
 
     def _fill(self, queue: TaskQueue, agent: HostAgent) -> bool:
         session, host = agent.session, agent.host
@@ -239,24 +277,51 @@ class Dispatcher:
     # -- what agents said ------------------------------------------------------------------
 
     def _handle_inbox(self, queue: TaskQueue) -> bool:
-        if not self._inbox:
+        """Handle what agents said; results are kept until stored (a failed commit leaves them
+        for the next step, after the loop's backoff)."""
+        if not self._inbox and not self._results:
             return False
-        results: list[tuple[int, int, object]] = []
         while self._inbox:
-            incoming = self._inbox.popleft()
-            if incoming.msg is None:
-                self._flush_output(queue, only_first=False)
-                self._lost(queue, incoming.session, incoming.reason)
-                continue
-            self._on_message(queue, incoming.session, incoming.msg, results)
-        if results:
+            self._handle(queue, self._inbox.popleft())
+        if self._results:
             self._flush_output(queue, only_first=False)
-            stale = queue.complete_many(results)
+            stale = queue.complete_many(self._results)
+            self._results.clear()
             for task_id in stale:
                 log.warning("task %s: result from an expired lease dropped", task_id)
         else:
             self._flush_output(queue, only_first=True)
         return True
+
+    def _handle(self, queue: TaskQueue, incoming: Incoming) -> None:
+        """One message. When the database fails, it goes back to the head of the inbox as if
+        never handled (its run back in flight); one that breaks otherwise is its host's fault:
+        logged and dropped (its run, if any, is retried when its lease expires)."""
+        session, msg = incoming.session, incoming.msg
+        run_id = None if msg is None else str(msg.get("id"))
+        run = None if run_id is None else session.inflight.get(run_id)
+        kept = len(self._results)
+        try:
+            if msg is None:
+                self._flush_output(queue, only_first=False)
+                self._lost(queue, session, incoming.reason)
+            else:
+                self._on_message(queue, session, msg, self._results)
+        except Exception as exc:  # one message's boundary
+            if not is_storage(exc):
+                log.warning(
+                    "host %s: a %s message dropped: %s",
+                    session.host,
+                    "lost" if msg is None else msg.get("type"),
+                    describe(exc),
+                    exc_info=exc,
+                )
+                return
+            del self._results[kept:]
+            if run_id is not None and run is not None:
+                session.inflight[run_id] = run
+            self._inbox.appendleft(incoming)
+            raise
 
     def _on_message(
         self,
@@ -311,6 +376,8 @@ class Dispatcher:
             else:
                 queue.fail(run.task_id, run.token, message, retryable=code in RETRYABLE, kind=code)
         except BitinglipError as exc:
+            if isinstance(exc, StoreError):
+                raise  # the report is handled again after the loop's backoff
             log.warning("task %s: report dropped: %s", run.task_id, exc)
 
     def _lost(self, queue: TaskQueue, session: AgentSession, reason: str) -> None:
@@ -326,6 +393,8 @@ class Dispatcher:
                     kind="agent_lost",
                 )
             except BitinglipError as exc:
+                if isinstance(exc, StoreError):
+                    raise  # handled again after the loop's backoff (these runs: stale then)
                 log.warning("task %s: %s", run.task_id, exc)
         session.inflight.clear()
         if agent.session is session:
@@ -384,11 +453,14 @@ class Dispatcher:
             return
         data = "".join(run.output)
         run.output.clear()
-        run.first_output_flushed = True
         try:
             queue.append_output(run.task_id, run.token, data)
+        except (StoreError, sqlite3.Error):
+            run.output[:0] = [data]  # kept: stored by the flush after the loop's backoff
+            raise
         except BitinglipError as exc:
             log.warning("task %s: output dropped: %s", run.task_id, exc)
+        run.first_output_flushed = True
 
     def _heartbeat(self, queue: TaskQueue) -> None:
         for agent in self.agents:
