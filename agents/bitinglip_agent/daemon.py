@@ -8,8 +8,9 @@ where the server forbids forwarding).
 
 A connection becomes the agent's one attachment when it sends its first line; a probe that
 sends nothing is ignored. A new attachment replaces the old one and first receives the results
-kept since (the control plane drops those it has), the output events that could not be sent,
-and a `hello` listing the runs still in progress. With no attachment and nothing running for
+kept since (only of the runs its first line, a `ping`, says it still waits for: the others are
+dropped here), the output events that could not be sent, and a `hello` listing the runs still
+in progress. With no attachment and nothing running for
 `--detached-exit-s`, the agent exits. Standard library only.
 """
 
@@ -243,7 +244,7 @@ def _serve_one(agent: Agent, conn: socket.socket, lines: protocol.LineReader, fi
     try:
         if agent.attach(wfile, _wanted(first)):
             agent.handle_line(first)
-            agent.flush()
+            agent.end_batch()
             agent.read_from(lines)
     except OSError:
         pass  # the connection broke: detach, keep working
@@ -256,7 +257,8 @@ def _serve_one(agent: Agent, conn: socket.socket, lines: protocol.LineReader, fi
 
 def _wanted(first: bytes) -> set[str] | None:
     """The runs a re-attaching control plane still waits for (its first line, a `ping`, lists
-    them); None when it does not say: then every kept line is sent."""
+    them: the kept results of other runs are dropped); None when it does not say: then every
+    kept line is sent."""
     try:
         msg = json.loads(first)
     except ValueError:

@@ -1,5 +1,11 @@
 """The agent protocol: one JSON object per line, UTF-8, each with `v`, `type` and, where a reply
 is expected, `id`. This is the one module of the agent that the control plane imports.
+
+A result longer than RESULT_PART_BYTES goes as numbered `result_part` lines of the same id, each
+carrying a slice of the `result` line's text (`split_result`); the control plane joins them
+(`Parts`). A result over RESULT_MAX_BYTES fails its run as `result_too_large`. The agent answers
+the runs of each batch of lines it reads with one `ack` line listing their ids: a run written but
+never acknowledged did not reach the agent, and is sent again after a dropped connection.
 """
 
 from __future__ import annotations
@@ -13,13 +19,22 @@ PROTOCOL_VERSION = 1
 # Control plane -> agent.
 TO_AGENT = frozenset({"run", "cancel", "load", "unload", "pull", "ping", "shutdown", "configure"})
 # Agent -> control plane.
-FROM_AGENT = frozenset({"hello", "telemetry", "event", "result", "error", "pong"})
+FROM_AGENT = frozenset(
+    {"hello", "telemetry", "event", "result", "result_part", "error", "pong", "ack"}
+)
 
 # Task kinds that need a model (and llama_cpp on the host).
 MODEL_KINDS = ("generate", "chat", "embed")
 
-# Longest line either side accepts; a longer one is answered with an error and skipped.
+# Longest line either side accepts; a longer one is answered with an error and skipped (and
+# fails its run, when its start names one).
 MAX_LINE_BYTES = 8 * 1024 * 1024
+# A result line longer than this goes as `result_part` lines, each with at most this many
+# characters of it: well under MAX_LINE_BYTES, as a character takes at most 4 bytes in UTF-8 and
+# a quote or backslash 2 once escaped inside the part's JSON string.
+RESULT_PART_BYTES = 1024 * 1024
+# The longest result line either side accepts (parts joined); a longer one fails its run.
+RESULT_MAX_BYTES = 128 * 1024 * 1024
 
 
 class ProtocolError(ValueError):
@@ -44,10 +59,24 @@ def encode(msg_type: str, msg_id: str | None = None, **fields: Any) -> bytes:
     return (_ENCODER.encode(msg) + "\n").encode()
 
 
-def decode(line: bytes, accepted: frozenset[str]) -> dict[str, Any]:
-    """Parse one line into a message whose type is in `accepted`, or raise ProtocolError."""
+# The start of a line as `encode` writes it: version, type, then the id (if any).
+_HEAD = re.compile(rb'\{"v":\d+,"type":"([a-z_]+)","id":"([^"\\]{1,200})"')
+
+
+def decode(line: bytes | str, accepted: frozenset[str]) -> dict[str, Any]:
+    """Parse one line into a message whose type is in `accepted`, or raise ProtocolError. An
+    over-long line is refused with the id its start names (the run it was for can then fail)."""
     if len(line) > MAX_LINE_BYTES:
-        raise ProtocolError("line_too_long", f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+        head = _HEAD.match(line[:256] if isinstance(line, bytes) else line[:256].encode())
+        raise ProtocolError(
+            "line_too_long",
+            f"a line of over {_mib(MAX_LINE_BYTES)}, the protocol's limit",
+            head.group(2).decode() if head else None,
+        )
+    return _parse(line, accepted)
+
+
+def _parse(line: bytes | str, accepted: frozenset[str]) -> dict[str, Any]:
     try:
         msg = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -64,6 +93,85 @@ def decode(line: bytes, accepted: frozenset[str]) -> dict[str, Any]:
     return msg
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB"
+
+
+def too_large(size: int) -> str:
+    """The error message of a result over RESULT_MAX_BYTES."""
+    return (
+        f"the result is over {_mib(RESULT_MAX_BYTES)} (got {_mib(size)} so far), the limit of"
+        " one task's result: ask for less per task (e.g. fewer inputs)"
+    )
+
+
+def split_result(line: bytes, msg_id: str) -> bytes:
+    """A `result` line as it goes out: itself when short, else numbered `result_part` lines of
+    the same id that carry its text in slices (joined by `Parts`), or an `error` line when over
+    RESULT_MAX_BYTES."""
+    if len(line) <= RESULT_PART_BYTES:
+        return line
+    if len(line) > RESULT_MAX_BYTES:
+        return encode("error", msg_id, code="result_too_large", message=too_large(len(line)))
+    text = line[:-1].decode()
+    step = RESULT_PART_BYTES
+    parts = -(-len(text) // step)
+    return b"".join(
+        encode("result_part", msg_id, part=n, parts=parts, data=text[n * step : (n + 1) * step])
+        for n in range(parts)
+    )
+
+
+class Parts:
+    """Joins the `result_part` messages of each id back into its `result` message.
+
+    The parts of one result arrive together, in order; a part out of order, or a result growing
+    over RESULT_MAX_BYTES, raises ProtocolError with the id, and the rest of its parts are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[list[str], int]] = {}
+        self._dropping: set[str] = set()
+
+    def add(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The joined message once `msg` is its last part, else None (or ProtocolError)."""
+        msg_id, part, parts = str(msg.get("id")), msg.get("part"), msg.get("parts")
+        data = msg.get("data")
+        if not (isinstance(part, int) and isinstance(parts, int) and isinstance(data, str)):
+            self._open.pop(msg_id, None)
+            raise ProtocolError("malformed", "a result_part needs part, parts and data", msg_id)
+        last = part + 1 >= parts
+        if msg_id in self._dropping:
+            if last:
+                self._dropping.discard(msg_id)
+            return None
+        chunks, size = self._open.pop(msg_id, ([], 0))
+        if part != len(chunks):
+            self._drop(msg_id, last)
+            raise ProtocolError("malformed", f"result part {part} came after {len(chunks)}", msg_id)
+        size += len(data)
+        if size > RESULT_MAX_BYTES:
+            self._drop(msg_id, last)
+            raise ProtocolError("result_too_large", too_large(size), msg_id)
+        chunks.append(data)
+        if not last:
+            self._open[msg_id] = (chunks, size)
+            return None
+        joined = _parse("".join(chunks), frozenset({"result"}))
+        if joined.get("id") != msg_id:
+            raise ProtocolError("malformed", "result parts carry another id's result", msg_id)
+        return joined
+
+    def _drop(self, msg_id: str, last: bool) -> None:
+        if not last:
+            self._dropping.add(msg_id)
+
+    def clear(self) -> None:
+        """Forget partial results (the connection dropped: they come again whole)."""
+        self._open.clear()
+        self._dropping.clear()
+
+
 # Error codes an agent reports. Retryable ones are infrastructure failures: the queue retries
 # them; the others are the task's own fault.
 RETRYABLE = frozenset({"runner_crashed", "agent_stopping", "overloaded", "download_failed"})
@@ -73,6 +181,7 @@ CODES = RETRYABLE | frozenset(
         "version_mismatch",
         "unknown_type",
         "line_too_long",
+        "result_too_large",
         "bad_request",
         "invalid_gguf",
         "unsupported",

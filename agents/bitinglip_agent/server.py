@@ -3,6 +3,11 @@
 Threads: this one reads and dispatches; a telemetry thread pushes snapshots; each loaded model
 has a runner thread that owns its inference child. Writes share one lock, so lines never
 interleave. Nothing here waits on inference: a `run` is queued and answered later.
+
+Each `run` read is acknowledged: the ids of the runs of one batch of lines go out in one `ack`
+line when the batch is handled (a run the control plane never saw acknowledged is sent again
+after a dropped connection; one already accepted here is not run twice). A result longer than
+protocol.RESULT_PART_BYTES goes as `result_part` lines (protocol.split_result).
 """
 
 from __future__ import annotations
@@ -21,8 +26,14 @@ from bitinglip_agent.protocol import MODEL_KINDS, TO_AGENT, ProtocolError
 KINDS = ("echo", "generate", "chat", "embed", "pull", "remove")
 # A re-attachable agent keeps its last results to send again after a dropped connection (the
 # control plane ignores those it has), and the output events it could not send while detached.
+# Both are capped in bytes; a re-attach's `ping` lists the runs the control plane still waits
+# for, and the results of the others (it has them) are dropped then.
 REPLAY_LINES = 4096
+REPLAY_BYTES_MAX = 64 * 1024 * 1024
 HELD_BYTES_MAX = 64 * 1024 * 1024
+# Run ids remembered, so that a run sent again (its `ack` was lost with the connection) is not
+# run twice.
+ACCEPTED_IDS = 65536
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,10 @@ class Agent:
         self._nudge = threading.Event()  # wakes the telemetry thread (attach, stop)
         self._runners: Any = None  # bitinglip_agent.runners.Runners, made on first model task
         self._downloads: Any = None  # bitinglip_agent.downloads.Downloads, made on first pull
-        self._replay: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=REPLAY_LINES)
+        self._replay: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._replay_bytes = 0
+        self._accepted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._acks: list[str] = []  # runs read in this batch, acknowledged at its end
         self._held: list[tuple[str, bytes]] = []
         self._held_bytes = 0
         self._facts: Any = None  # (host facts, capabilities), gathered for the first hello
@@ -68,9 +82,11 @@ class Agent:
 
     def send(self, msg_type: str, msg_id: str | None = None, **fields: Any) -> None:
         line = protocol.encode(msg_type, msg_id, **fields)
+        if msg_type == "result" and msg_id is not None:
+            line = protocol.split_result(line, msg_id)
         with self._write_lock:
             if self.reattachable and msg_type in ("result", "error") and msg_id is not None:
-                self._replay.append((msg_id, line))
+                self._keep(msg_id, line)
             if self.wfile is None:
                 self._hold(msg_type, msg_id, line)
                 return
@@ -85,6 +101,21 @@ class Agent:
                 self.wfile = None  # detached: the next connection gets what follows
                 self._hold(msg_type, msg_id, line)
 
+    def _keep(self, run_id: str, line: bytes) -> None:
+        """A result in the replay ring; the oldest go past REPLAY_LINES or REPLAY_BYTES_MAX
+        (the newest stays, whatever its size)."""
+        self._replay.append((run_id, line))
+        self._replay_bytes += len(line)
+        while len(self._replay) > 1 and (
+            len(self._replay) > REPLAY_LINES or self._replay_bytes > REPLAY_BYTES_MAX
+        ):
+            self._replay_bytes -= len(self._replay.popleft()[1])
+
+    def _forget_except(self, wanted: set[str]) -> None:
+        """Drop the kept results of runs the control plane no longer waits for: it has them."""
+        self._replay = collections.deque(item for item in self._replay if item[0] in wanted)
+        self._replay_bytes = sum(len(line) for _, line in self._replay)
+
     def _hold(self, msg_type: str, msg_id: str | None, line: bytes) -> None:
         """Keep an output event for the next connection (results are in the replay ring)."""
         if msg_type == "event" and self._held_bytes + len(line) <= HELD_BYTES_MAX:
@@ -96,6 +127,8 @@ class Agent:
         when the control plane says which it still waits for), then `hello`. False if it broke.
         """
         with self._write_lock:
+            if wanted is not None:
+                self._forget_except(wanted)
             kept = [*self._replay, *self._held]
             lines = [line for run, line in kept if wanted is None or run in wanted]
             lines.append(self._hello_line())
@@ -169,25 +202,31 @@ class Agent:
             threading.Thread(target=self._telemetry, name="telemetry", daemon=True).start()
 
     def read_from(self, lines: protocol.LineReader) -> None:
-        """Handle lines until EOF or `shutdown`. Replies made on this thread while more lines
-        are already buffered are written together, flushed once the buffer is drained."""
+        """Handle lines until EOF or `shutdown`. The replies made on this thread to the lines
+        already buffered are written together, with one `ack` of the runs among them, and
+        flushed once the buffer is drained."""
         self._reader = threading.get_ident()
         try:
             while not self._stop.is_set():
                 line = lines.next_line()
                 if line is None:
                     break
-                self._batching = lines.buffered()
+                self._batching = True
                 if line.strip():
                     self.handle_line(line)
-                if not self._batching:
-                    continue
                 if not lines.buffered():
-                    self._batching = False
-                    self.flush()
+                    self.end_batch()
         finally:
-            self._batching = False
-            self.flush()
+            self.end_batch()
+
+    def end_batch(self) -> None:
+        """Acknowledge the runs read since the last batch, then flush (the reading thread)."""
+        self._batching = True
+        if self._acks:
+            runs, self._acks = self._acks, []
+            self.send("ack", runs=runs)
+        self._batching = False
+        self.flush()
 
     def flush(self) -> None:
         with self._write_lock:
@@ -265,6 +304,9 @@ class Agent:
         run_id = str(msg["id"])
         task = msg["task"]
         kind = task["kind"]
+        self._acks.append(run_id)
+        if self._again(run_id):
+            return
         if kind == "echo":
             self.send("result", run_id, result=task.get("payload"))
         elif kind in MODEL_KINDS:
@@ -276,6 +318,18 @@ class Agent:
             self.downloads().remove(run_id, (task.get("payload") or {}).get("dest"))
         else:
             self.error(run_id, "unsupported", f"this agent does not run {kind!r} tasks")
+
+    def _again(self, run_id: str) -> bool:
+        """True for a run sent again (its `ack` was lost with the connection) that is in
+        progress here, or whose result is kept for the control plane: it is not run twice."""
+        if run_id not in self._accepted:
+            self._accepted[run_id] = None
+            if len(self._accepted) > ACCEPTED_IDS:
+                self._accepted.popitem(last=False)
+            return False
+        with self._write_lock:
+            kept = any(run == run_id for run, _ in self._replay)
+        return kept or run_id in self.active_runs()
 
     def _on_cancel(self, msg: dict[str, Any]) -> None:
         if self._downloads is not None and self._downloads.cancel(str(msg["id"])):

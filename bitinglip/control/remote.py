@@ -3,8 +3,9 @@
 On (re)connect: authenticate (trust fails closed), find the agent (probe, install the zipapp if
 this version is not there yet), start its daemon if none is running, and open a channel to its
 Unix socket (a streamlocal channel; where the server forbids forwarding, a relay process on an
-exec channel). The first line sent is a `ping`; the agent answers with the results it kept, then
-`hello` listing its runs in progress, so the session can tell which runs survived a drop.
+exec channel). The first line sent is a `ping` listing the runs still awaited; the agent answers
+with the results it kept of those (it drops the rest), then `hello` listing its runs in progress,
+so the session can tell which runs survived a drop, and send again those it never acknowledged.
 
 A drop calls `on_detach(reason)` and the transport reconnects with capped exponential backoff
 and full jitter; only `close()` ends it (`on_close`). Every SSH transport of a process shares
@@ -193,7 +194,7 @@ class RemoteTransport:
     def _drop(self) -> None:
         self.attached = False
         with self._out_lock:
-            self._out.clear()  # never reached the agent: the next hello tells which runs it has
+            self._out.clear()  # never reached the agent: unacknowledged, sent after the next hello
         if self._channel is not None:
             self._channel.close()
             self._channel = None

@@ -6,7 +6,12 @@ runs it has in flight and when it last heard from its agent.
 
 An SSH transport can detach (the connection dropped) and re-attach later: the session and its
 runs in flight stay; it is not `ready` until the agent's next `hello`, which lists the runs the
-agent still has (see Dispatcher._reattached).
+agent still has (see Dispatcher._reattached). The agent acknowledges the runs it reads (`ack`):
+a run never acknowledged did not reach it, and is sent again as it was (`resend`).
+
+A result too long for one line comes as `result_part` lines, joined here before the loop sees
+it; one over protocol.RESULT_MAX_BYTES, or a line over the line limit that names its run, comes
+to the loop as that run's error at once.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Inflight:
     output: list[str] = field(default_factory=list)
     first_output_flushed: bool = False
     progress: Any = None  # the latest progress event's data, not stored yet (pulls)
+    line: bytes = b""  # the `run` line, kept until the agent acknowledges it (to send again)
+    acked: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class AgentSession:
         self.detached_reason = ""
         self.started_at = time.monotonic()
         self.hello_at: float | None = None
+        self._parts = protocol.Parts()
 
     def start(self) -> None:
         self.transport.start(self._on_line, self._on_close, self._on_detach, self._in_flight)
@@ -100,12 +108,28 @@ class AgentSession:
         now = time.monotonic()
         for task_id, token, kind, task in runs:
             run_id = f"{task_id}.{token}"
-            self.inflight[run_id] = Inflight(task_id, token, kind, now)
-            lines.append(protocol.encode("run", run_id, task=task))
+            line = protocol.encode("run", run_id, task=task)
+            self.inflight[run_id] = Inflight(task_id, token, kind, now, line=line)
+            lines.append(line)
         if not self.transport.send(b"".join(lines)):
             for task_id, token, _, _ in runs:
                 self.inflight.pop(f"{task_id}.{token}", None)
             raise ConnectionError(f"agent on {self.host} is gone")
+
+    def acked(self, run_ids: object) -> None:
+        """The agent has these runs (any thread): they are not sent again."""
+        for run_id in run_ids if isinstance(run_ids, list) else ():
+            run = self.inflight.get(str(run_id))
+            if run is not None:
+                run.acked, run.line = True, b""
+
+    def resend(self, run_ids: list[str]) -> None:
+        """Send again, as they were (same id, same lease), runs the agent never acknowledged:
+        the connection dropped before it read them. If it is gone again, the next `hello`
+        comes to this again."""
+        lines = [run.line for r in run_ids if (run := self.inflight.get(r)) is not None]
+        if lines:
+            self.transport.send(b"".join(lines))
 
     def cancel(self, run_id: str) -> None:
         self.transport.send(protocol.encode("cancel", run_id))
@@ -118,16 +142,38 @@ class AgentSession:
         self.last_seen = time.monotonic()
         try:
             msg = protocol.decode(line, FROM_AGENT)
+            if msg["type"] == "result_part":
+                joined = self._parts.add(msg)
+                if joined is None:
+                    return
+                msg = joined
         except ProtocolError as exc:
-            msg = {"type": "protocol_error", "code": exc.code, "message": str(exc)}
+            msg = self._refused(exc)
         if msg["type"] == "telemetry":
             self.telemetry = msg.get("snapshot")
             self.telemetry_at = time.time()
             return  # kept on the session; not the loop's business
+        if msg["type"] == "ack":
+            self.acked(msg.get("runs"))
+            return
         self.inbox(Incoming(self, msg))
+
+    def _refused(self, exc: ProtocolError) -> dict[str, Any]:
+        """A refused line: its run's error when it names a run in flight (it fails now rather
+        than wait for ever), else a protocol error for the log."""
+        if exc.msg_id in self.inflight and exc.code != "version_mismatch":
+            return {
+                "type": "error",
+                "id": exc.msg_id,
+                "code": exc.code,
+                "message": f"the agent's reply on {self.host}: {exc}",
+                "retryable": False,
+            }
+        return {"type": "protocol_error", "code": exc.code, "message": str(exc)}
 
     def _on_detach(self, reason: str) -> None:
         self.detached_reason = reason
+        self._parts.clear()  # a result cut short comes again whole with the next attachment
         self.inbox(Incoming(self, {"type": "detached", "reason": reason}))
 
     def _on_close(self, reason: str) -> None:
