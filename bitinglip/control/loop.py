@@ -27,7 +27,7 @@ from bitinglip.control.doorbell import Doorbell
 from bitinglip.control.loop_faults import Faults
 from bitinglip.control.scheduler import Dispatcher
 from bitinglip.control.tasks import TaskQueue
-from bitinglip.errors import BitinglipError
+from bitinglip.errors import BitinglipError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class ControlLoop:
         """Running tasks back to the queue, agents stopped, the lease released. After a failure
         the database may refuse: then leases expire on their own, and the failure is what
         `run()` raises."""
+        if isinstance(self.failure, StoreError):  # each write would wait out the failure again
+            log.warning("stopping without releasing tasks or the lease: they expire")
+            if self.dispatcher is not None:
+                self.dispatcher.stop_agents()
+            return
         try:
             if self.dispatcher is not None:
                 self.dispatcher.release_all(queue, "released: the controller stopped")

@@ -121,6 +121,11 @@ class Bridge:
         finally:
             self._ready.set()
 
+    @property
+    def control(self) -> ControlLoop | None:
+        """The control loop this process runs (embedded), if any: set once started."""
+        return self._control if self.embedded else None
+
     # -- from the event loop ---------------------------------------------------------------
 
     async def call(self, fn: Callable[[ControlPlane], T]) -> T:

@@ -98,16 +98,28 @@ def serve(
     check_bind(bind, keys)
     sock = listen(bind, port)
     bridge = Bridge(profile)
+    control: ControlLoop | None = None
     try:
         bridge.start()
         gateway = Gateway(bridge, keys, profile.gateway)
         server = _server(gateway, access_log)
+        control = bridge.control
+        if control is not None:  # a control loop that gives up stops the server too
+            threading.Thread(target=_stop_with, args=(control, server), daemon=True).start()
         actual = sock.getsockname()[1]
         on_ready(Served(bridge, gateway, bind, actual).url, bridge)
         server.run(sockets=[sock])
     finally:
         sock.close()
         bridge.stop()
+    if control is not None and control.failure is not None:
+        raise control.failure  # the command exits 1 naming it
+
+
+def _stop_with(control: ControlLoop, server: uvicorn.Server) -> None:
+    control.ended.wait()
+    if control.failure is not None:
+        server.should_exit = True
 
 
 @contextmanager

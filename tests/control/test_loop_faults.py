@@ -92,3 +92,20 @@ def test_up_rides_out_a_lock_and_exits_1_when_it_cannot_go_on(proc: Proc, tmp_pa
     assert "Traceback" not in up.stderr
     assert lines[-1].startswith("bitinglip: the control loop stopped: "), lines
     assert "locked" in lines[-1], lines
+
+
+def test_serve_exits_1_when_its_control_loop_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
+    log = tmp_path / "serve.stderr"
+    serve = proc.popen("serve", "--port", "0", stderr_to=log)
+    try:
+        wait_for(lambda: "bitinglip: serving " in log.read_text(), 60, "serve to start")
+        assert "running the control plane" in log.read_text()
+        with write_lock(proc.data_dir / "state.db"):
+            code = serve.wait(GIVE_UP_AFTER_S + 4 * LOCK_S)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    lines = stderr_lines(log.read_text())
+    assert code == 1, lines
+    assert lines[-1].startswith("bitinglip: the control loop stopped: "), lines
