@@ -146,7 +146,7 @@ def _through_gateway(
     }
     conn = http.client.HTTPConnection(served.host, served.port, timeout=300)
     start = time.perf_counter()
-    conn.request("POST", "/v1/completions", body=json.dumps(body))
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"gateway answered {response.status}: {response.read()[:300]!r}")
@@ -208,7 +208,7 @@ _LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 async def _one_client(port: int, deadline: float) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     done = 0
     try:
         while time.perf_counter() < deadline:

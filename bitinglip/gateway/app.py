@@ -2,8 +2,12 @@
 
 Routes: GET /v1/models (and /v1/models/{id}), POST /v1/completions, POST /v1/chat/completions,
 POST /v1/embeddings, GET /health (no key needed: for load balancers; served from the bridge's
-snapshot), GET /metrics. Every refusal is an `ApiError` answered as `{"error": {...}}`; an
-unexpected exception is logged and answered 500 with the same shape, and the server goes on.
+snapshot), GET /metrics. Before a body is read every request shows a Host this gateway answers
+to and, for a POST, JSON (`guard`), then its key. A caller with no valid key (every caller, with
+no keys configured) sees no host names: /health is the status alone, /metrics and /v1/models
+leave out what is per host. Every refusal is an `ApiError` answered as `{"error": {...}}` and
+logged in one line (INFO); an unexpected exception is logged with its traceback and answered 500
+with the same shape, and the server goes on.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bitinglip.config_sections import GatewayConfig
-from bitinglip.gateway import bodies, catalog, metrics, runs
+from bitinglip.gateway import bodies, catalog, guard, metrics, runs
 from bitinglip.gateway.auth import Keys
 from bitinglip.gateway.bodies import ApiRequest
 from bitinglip.gateway.bridge import Bridge
 from bitinglip.gateway.errors import ApiError, bad_request, error_body
+from bitinglip.gateway.widths import Widths
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +42,15 @@ Parser = Callable[[dict[str, Any], frozenset[str]], ApiRequest]
 class Gateway:
     """The HTTP front of one bridge."""
 
-    def __init__(self, bridge: Bridge, keys: Keys, config: GatewayConfig) -> None:
+    def __init__(
+        self, bridge: Bridge, keys: Keys, config: GatewayConfig, bind: str = "127.0.0.1"
+    ) -> None:
         self.bridge = bridge
         self.keys = keys
         self.config = config
+        self.bind = bind
         self.models = frozenset(bridge.profile.models)
+        self.widths = Widths()
         self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
 
     def app(self) -> Starlette:
@@ -75,23 +84,24 @@ class Gateway:
     # -- endpoints -------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        status, body = self.bridge.health
+        status, body = self.bridge.health if self._keyed(request) else self.bridge.health_brief
         return Response(body, status_code=status, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:
         requests, active = dict(self.requests), self.bridge.active
+        per_host = self._keyed(request)
         text = await self.bridge.call(
-            lambda plane: metrics.render(plane, self.config.priority, requests, active)
+            lambda plane: metrics.render(plane, self.config.priority, requests, active, per_host)
         )
         return Response(text, media_type=metrics.CONTENT_TYPE)
 
     async def list_models(self, request: Request) -> Response:
-        listed = await self.bridge.call(catalog.list_models)
+        listed = await self._models(request)
         return JSONResponse({"object": "list", "data": listed})
 
     async def get_model(self, request: Request) -> Response:
         name = request.path_params["model"]
-        listed = await self.bridge.call(catalog.list_models)
+        listed = await self._models(request)
         for model in listed:
             if model["id"] == name:
                 return JSONResponse(model)
@@ -102,24 +112,47 @@ class Gateway:
     def _infer(self, parse: Parser) -> Handler:
         async def handle(request: Request) -> Response:
             req = parse(bodies.parse_json(await read_body(request)), self.models)
-            return await runs.answer(self.bridge, self.config, request, req)
+            return await runs.answer(self.bridge, self.config, self.widths, request, req)
 
         return handle
 
+    async def _models(self, request: Request) -> list[dict[str, Any]]:
+        per_host = self._keyed(request)
+        return await self.bridge.call(lambda plane: catalog.list_models(plane, per_host))
+
+    def _keyed(self, request: Request) -> bool:
+        """Whether the caller showed a valid API key (never, with no keys configured)."""
+        return self.keys.enabled and self.keys.allows(request.headers.get("authorization"))
+
     # -- around every endpoint -------------------------------------------------------------
+
+    def _refusal(self, request: Request, key: bool) -> ApiError | None:
+        """Why the request is refused before its body is read (Host, key, Content-Type)."""
+        try:
+            guard.check_host(request.headers.get("host"), self.bind, self.keys.enabled)
+            if key and not self.keys.allows(request.headers.get("authorization")):
+                raise ApiError(
+                    401,
+                    "a valid API key is required: send `Authorization: Bearer KEY`",
+                    code="invalid_api_key",
+                )
+            guard.check_json(request.method, request.headers.get("content-type"))
+        except ApiError as exc:
+            return exc
+        return None
 
     def _endpoint(self, name: str, handler: Handler, key: bool = True) -> Handler:
         async def endpoint(request: Request) -> Response:
             try:
-                if key and not self.keys.allows(request.headers.get("authorization")):
+                refusal = self._refusal(request, key)
+                if refusal is not None:
                     await drain(request)
-                    raise ApiError(
-                        401,
-                        "a valid API key is required: send `Authorization: Bearer KEY`",
-                        code="invalid_api_key",
-                    )
+                    raise refusal
                 response = await handler(request)
             except ApiError as exc:
+                log.info(
+                    "%s %s: %d %s", request.method, request.url.path, exc.status, exc.message[:300]
+                )
                 response = error_response(exc)
             except Exception:  # the request's boundary: log it, answer 500
                 log.exception("%s %s failed", request.method, request.url.path)

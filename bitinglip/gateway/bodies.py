@@ -38,13 +38,25 @@ class ApiRequest:
     include_usage: bool = False
     encoding_format: str = "float"
 
+    @property
+    def inputs(self) -> int:
+        """How many texts an embeddings request embeds (0 for the others)."""
+        value = self.payload.get("input")
+        return 1 if isinstance(value, str) else len(value) if isinstance(value, list) else 0
+
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
         raise bad_request(
-            f"the request body is not valid JSON ({exc}); send a JSON object",
+            "the request body nests arrays or objects too deeply to read; send a flatter "
+            "JSON object",
+            code="invalid_json",
+        ) from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of thousands of digits
+        raise bad_request(
+            f"the request body is not valid JSON ({_first_line(exc)}); send a JSON object",
             code="invalid_json",
         ) from None
     if not isinstance(body, dict):
@@ -201,10 +213,11 @@ def _messages(value: Any) -> list[dict[str, str]]:
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise bad_request(f"{where} must be an object, not {_name(msg)}", param=where)
-        role = CHAT_ROLES.get(msg.get("role"))  # type: ignore[arg-type]
+        given = msg.get("role")
+        role = CHAT_ROLES.get(given) if isinstance(given, str) else None
         if role is None:
             raise bad_request(
-                f"{where}.role must be one of {', '.join(CHAT_ROLES)}, not {msg.get('role')!r}",
+                f"{where}.role must be one of {', '.join(CHAT_ROLES)}, not {_shown(given)}",
                 param=f"{where}.role",
             )
         unknown = sorted(set(msg) - {"role", "content", "name"})
@@ -293,6 +306,15 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
         bounds = f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
         raise bad_request(f"{key} must be {bounds}, not {value}", param=key)
     return float(value)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: a short string as it is, anything else by its JSON type."""
+    return repr(value[:40]) if isinstance(value, str) else _name(value)
 
 
 def _name(value: Any) -> str:

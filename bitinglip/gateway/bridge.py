@@ -11,7 +11,8 @@ gateway's database work there:
   else `PRAGMA data_version` polled like `ControlPlane.follow`), one query for the states of all
   watched tasks and one per task with new output; chunks and the finished task go to the
   request's asyncio queue in one hand-over per wake-up. 32 streams cost one thread, not 32;
-- the /health snapshot, rebuilt every `health_every_s` and served from memory.
+- the /health snapshot, rebuilt every `health_every_s` and served from memory: in full (for a
+  caller with an API key) and as the status alone (for anyone else).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Bridge:
         self.profile = profile
         self.health_every_s = health_every_s
         self.health: tuple[int, bytes] = (503, b'{"status":"starting"}')
+        self.health_brief: tuple[int, bytes] = self.health  # the status alone
         self.embedded = False  # whether this process runs the control loop
         self._shared_loop = shared_loop
         self._control: ControlLoop | None = None
@@ -260,6 +262,7 @@ class Bridge:
         snapshot = health_snapshot(plane, self.embedded, len(self._watches))
         status = 200 if snapshot["status"] != "down" else 503
         self.health = (status, json.dumps(snapshot, separators=(",", ":")).encode())
+        self.health_brief = (status, json.dumps({"status": snapshot["status"]}).encode())
 
 
 def health_snapshot(plane: ControlPlane, embedded: bool, active: int) -> dict[str, Any]:

@@ -2,20 +2,24 @@
 
 The models are the profile's aliases (`[models.NAME]`): each listed with its source and, per
 host, its copy (ready, pulling, ...) and whether the host's agent has it loaded (from the latest
-telemetry). A registered hub model is used through an alias naming it; a `.gguf` path is not
-accepted over HTTP (it would let any client open files on this machine).
+telemetry); the per-host part only for a caller with an API key. A registered hub model is
+used through an alias naming it; a `.gguf` path is not accepted over HTTP (it would let any
+client open files on this machine).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from bitinglip.control import models, registry, telemetry_ring
 from bitinglip.control.plane import ControlPlane
 from bitinglip.gateway.errors import ApiError
 
+log = logging.getLogger(__name__)
 
-def list_models(plane: ControlPlane) -> list[dict[str, Any]]:
+
+def list_models(plane: ControlPlane, per_host: bool = True) -> list[dict[str, Any]]:
     profile = plane.profile
     loaded = {
         host: {str(p) for p in snapshot.get("models_loaded") or []}
@@ -41,25 +45,30 @@ def list_models(plane: ControlPlane) -> list[dict[str, Any]]:
                         "state": state,
                         "loaded": str(path) in loaded.get(host.name, ()),
                     }
-        listed.append(
-            {
-                "id": name,
-                "object": "model",
-                "created": int(row["created_at"]) if row is not None else 0,
-                "owned_by": "bitinglip",
-                "source": alias.source,
-                "hosts": copies,
-                "loaded_on": sorted(h for h, c in copies.items() if c["loaded"]),
-            }
-        )
+        model: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": int(row["created_at"]) if row is not None else 0,
+            "owned_by": "bitinglip",
+            "source": alias.source,
+        }
+        if per_host:
+            model["hosts"] = copies
+            model["loaded_on"] = sorted(h for h, c in copies.items() if c["loaded"])
+        listed.append(model)
     return listed
 
 
 def check_runnable(plane: ControlPlane, model: str, kind: str) -> None:
     """503 when no host of the profile could run the request (nothing would ever take it)."""
     reason = plane.cannot_run(kind)
-    if reason is not None:
-        raise ApiError(503, reason, code="no_runner")
+    if reason is not None:  # it may name hosts: the operator's to read, in the gateway's log
+        log.warning("a %s request cannot run: %s", kind, reason)
+        raise ApiError(
+            503,
+            f"no host of this fleet can run {kind} requests now; the gateway's log says why",
+            code="no_runner",
+        )
     alias = plane.profile.models[model]
     if not alias.source.startswith("hf:"):
         return

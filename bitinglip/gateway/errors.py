@@ -2,7 +2,8 @@
 
 Every refusal of the gateway is an `ApiError` with its HTTP status; the app turns it into that
 body. Statuses: 400 bad input (unknown models included, and bodies over the size cap), 401 no
-or wrong API key, 404 unknown path, 405 wrong method, 429 the interactive queue is full (with
+or wrong API key, 404 unknown path, 405 wrong method, 415 a POST body not declared JSON, 421 a
+Host other than loopback with no keys configured, 429 the interactive queue is full (with
 Retry-After), 503 the fleet cannot run the request, 502 the task ended without an answer.
 """
 
@@ -16,6 +17,8 @@ _TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    415: "invalid_request_error",
+    421: "invalid_request_error",
     429: "rate_limit_error",
     499: "invalid_request_error",
     502: "server_error",

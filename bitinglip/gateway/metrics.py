@@ -4,7 +4,8 @@ Everything is read in one read transaction, so the numbers agree with each other
 database at that moment: tasks by state (the queue depth), queued work split into interactive
 (at or above the gateway's priority) and batch, finished tasks by outcome, token counters and
 the recent generation rate, the controller, and each host's stored health and latest telemetry
-(host and per GPU). The gateway adds its own request counters.
+(host and per GPU). The gateway adds its own request counters. The per-host families (they
+name the hosts) are left out for a caller without an API key.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class Exposition:
 
 
 def render(
-    plane: ControlPlane, priority: int, requests: Mapping[tuple[str, int], int], active: int
+    plane: ControlPlane,
+    priority: int,
+    requests: Mapping[tuple[str, int], int],
+    active: int,
+    per_host: bool = True,
 ) -> str:
     out = Exposition()
     with plane.store.read() as conn:
@@ -104,7 +109,8 @@ def render(
         "1 when a controller holds the lease.",
         [({}, int(alive))],
     )
-    _hosts(out, plane, stored, latest)
+    if per_host:
+        _hosts(out, plane, stored, latest)
     _gateway(out, requests, active)
     return out.text()
 

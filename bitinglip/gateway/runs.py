@@ -7,11 +7,16 @@ output (streaming) or the end (not streaming) the request watches for the client
 once streaming, Starlette's StreamingResponse does, and cancels the generator. Either way the
 task is canceled. A failure before any output is answered with a status and an error object; a
 failure after the stream started is one `data: {"error": ...}` event.
+
+What a task's error says (host paths, stderr tails, host names) is for the operator: the client
+gets a generic message with the task's id to give them (`bitinglip tasks show ID` has the rest),
+and a known cause the request itself can fix (a prompt longer than the context) in plain words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,11 +33,17 @@ from bitinglip.gateway import catalog, shapes
 from bitinglip.gateway.bodies import ApiRequest
 from bitinglip.gateway.bridge import Bridge, Event, Watch
 from bitinglip.gateway.errors import ApiError
+from bitinglip.gateway.widths import Widths
 
+log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1
 # error kinds of a failed task that are the fleet's fault, not the request's
 _FLEET_ERRORS = frozenset({"missing_capability", "invalid_gguf", "unsupported"})
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# what a failed task's error may say that the client can act on: (found in the error, said)
+_CLIENT_CAUSES = (
+    ("exceed context window", "the prompt is longer than the model's context window"),
+)
 
 
 class ClientGone(Exception):
@@ -40,12 +51,18 @@ class ClientGone(Exception):
 
 
 async def answer(
-    bridge: Bridge, config: GatewayConfig, request: Request, req: ApiRequest
+    bridge: Bridge, config: GatewayConfig, widths: Widths, request: Request, req: ApiRequest
 ) -> Response:
     queue: asyncio.Queue[Event] = asyncio.Queue()
     watch = Watch(asyncio.get_running_loop(), queue, want_output=req.stream)
     spec = TaskSpec(kind=req.kind, model=req.model, payload=req.payload, priority=config.priority)
-    task_id = await bridge.call(lambda plane: _submit(bridge, config, plane, spec, watch))
+
+    def submit(plane: ControlPlane) -> int:
+        if req.endpoint == "embeddings":
+            widths.check(plane, req.model, req.inputs)
+        return _submit(bridge, config, plane, spec, watch)
+
+    task_id = await bridge.call(submit)
     gone = asyncio.ensure_future(_disconnect(request))
     streaming = False
     try:
@@ -60,6 +77,9 @@ async def answer(
             assert event.final is not None
             result = _result(event.final)
             if req.endpoint == "embeddings":
+                vectors = result.get("embeddings") or [None]
+                if isinstance(vectors[0], list):
+                    widths.learn(req.model, len(vectors[0]))
                 return JSONResponse(shapes.embeddings_body(req, result), headers=headers)
             body = shapes.completion_body(req, task_id, created, result)
             return JSONResponse(body, headers=headers)
@@ -102,7 +122,10 @@ def _submit(
     except InputError as exc:
         raise ApiError(400, str(exc)) from None
     except BitinglipError as exc:
-        raise ApiError(503, str(exc)) from None
+        log.warning("a %s request could not be queued: %s", spec.kind, exc)
+        raise ApiError(
+            503, "the fleet cannot take this request now; the gateway's log says why"
+        ) from None
     bridge.watch(plane, task_id, watch)
     return task_id
 
@@ -167,10 +190,13 @@ def _result(task: Task) -> dict[str, Any]:
 
 
 def _failure(task: Task) -> ApiError:
-    why = task.error or "no error recorded"
+    """The task's end as the client may see it (never its error text: that is the operator's)."""
+    see = f"task {task.id}; the operator can see why with: bitinglip tasks show {task.id}"
     kind = task.error_kind
     if task.state == TaskState.FAILED and kind not in _FLEET_ERRORS:
-        return ApiError(400, f"task {task.id} failed: {why}", code=kind or "task_failed")
+        cause = next((said for found, said in _CLIENT_CAUSES if found in (task.error or "")), "")
+        why = f": {cause}" if cause else ""
+        return ApiError(400, f"the task failed{why} ({see})", code=kind or "task_failed")
     if task.state == TaskState.CANCELED:
-        return ApiError(503, f"task {task.id} was canceled: {why}", code="task_canceled")
-    return ApiError(502, f"task {task.id} {task.state}: {why}", code=kind or "task_dead")
+        return ApiError(503, f"the task was canceled ({see})", code="task_canceled")
+    return ApiError(502, f"the task {task.state} ({see})", code=kind or "task_dead")

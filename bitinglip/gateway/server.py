@@ -101,7 +101,7 @@ def serve(
     control: ControlLoop | None = None
     try:
         bridge.start()
-        gateway = Gateway(bridge, keys, profile.gateway)
+        gateway = Gateway(bridge, keys, profile.gateway, bind)
         server = _server(gateway, access_log)
         control = bridge.control
         if control is not None:  # a control loop that gives up stops the server too
@@ -136,7 +136,7 @@ def running(
     sock = listen(bind, port)
     bridge = Bridge(profile, shared_loop=shared_loop)
     bridge.start()
-    gateway = Gateway(bridge, keys, profile.gateway)
+    gateway = Gateway(bridge, keys, profile.gateway, bind)
     server = _server(gateway, access_log=False)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="bitinglip-http", daemon=True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile, parse_profile
+from bitinglip.config_sections import hash_api_key
 from bitinglip.control.plane import ControlPlane, open_control_plane
 from bitinglip.gateway.server import Served, running
 
@@ -81,6 +82,19 @@ def served(
         yield gateway
 
 
+KEY = "sk-test-right"
+KEYED = f'api_keys = ["{hash_api_key(KEY)}"]'
+
+
+@pytest.fixture(scope="package")
+def keyed(
+    serve_profile: Callable[..., AbstractContextManager[Served]], demo_model: Path
+) -> Iterator[Served]:
+    """A second gateway, with the API key KEY: what a caller with a key sees."""
+    with serve_profile(demo_model, KEYED) as gateway:
+        yield gateway
+
+
 @pytest.fixture
 def observer(served: Served) -> Iterator[ControlPlane]:
     """The gateway's database, opened here as an observer (to check what it stored)."""
@@ -110,13 +124,16 @@ def request(
     method: str,
     path: str,
     body: bytes | dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str | None] | None = None,
 ) -> Reply:
-    """One raw HTTP request (bodies the client library would refuse to send)."""
+    """One raw HTTP request (bodies the client library would refuse to send); a POST says
+    `Content-Type: application/json` unless `headers` say otherwise (None: leave it out)."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
+    wanted = {"Content-Type": "application/json"} if method == "POST" else {}
+    sent = {k: v for k, v in (wanted | dict(headers or {})).items() if v is not None}
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
     try:
-        conn.request(method, path, body=data, headers=headers or {})
+        conn.request(method, path, body=data, headers=sent)
         response = conn.getresponse()
         found = {k.lower(): v for k, v in response.getheaders()}
         return Reply(response.status, found, response.read())

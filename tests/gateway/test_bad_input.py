@@ -119,5 +119,5 @@ def test_a_prompt_longer_than_the_context_is_a_400(served: Served, stream: bool)
     output) is the request's 400, streamed or not."""
     body = {"model": MODEL, "prompt": "word " * 20000, "max_tokens": 2, "stream": stream}
     error = assert_error_object(request(served, "POST", COMPLETIONS, body), 400)
-    assert "exceed context window" in error["message"]
+    assert "the prompt is longer than the model's context window" in error["message"]
     assert error["code"] == "inference_failed"

@@ -32,7 +32,7 @@ def start_leaver(served: Served) -> tuple[http.client.HTTPConnection, int]:
     """A long stream, read until its first text arrives (its task is running then)."""
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
     body = {"model": MODEL, "prompt": "Tell a long story:", "max_tokens": 400, "stream": True}
-    conn.request("POST", "/v1/completions", body=json.dumps(body))
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200
     task_id = int(response.getheader("X-Bitinglip-Task") or 0)

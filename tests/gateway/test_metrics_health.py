@@ -1,5 +1,6 @@
-"""GET /metrics parses as Prometheus text and its numbers are the database's; GET /health is the
-controller's and the hosts' state, from a snapshot."""
+"""GET /metrics parses as Prometheus text and its numbers are the database's (the per-host
+families for a caller with a key); GET /health is the controller's and the hosts' state, from a
+snapshot (in full for a caller with a key)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskSpec, TaskState
 from bitinglip.gateway.server import Served
 from tests.conftest import NOWHERE
-from tests.gateway.conftest import MODEL, client, needs_model, request
+from tests.gateway.conftest import KEY, MODEL, client, needs_model, request
 
 pytestmark = needs_model
 
 
-def scrape(served: Served) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+BEARER = {"Authorization": f"Bearer {KEY}"}
+
+
+def scrape(
+    served: Served, headers: dict[str, str] | None = None
+) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Sample name -> {sorted labels: value}."""
-    reply = request(served, "GET", "/metrics")
+    reply = request(served, "GET", "/metrics", headers=headers)
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -62,17 +68,23 @@ def test_metrics_counts_match_the_database(served: Served, observer: ControlPlan
         assert tokens["prompt"] == sum(u.get("prompt_tokens", 0) for u in usage) > 0
         assert found["bitinglip_tokens_per_second"][()] > 0
         assert found["bitinglip_controller_up"][()] == 1
-        assert found["bitinglip_host_connected"][(("host", "local"),)] == 1
-        assert (("host", "local"),) in found["bitinglip_host_ram_total_bytes"]
         requests = found["bitinglip_gateway_requests_total"]
         assert requests[(("endpoint", "completions"), ("status", "200"))] >= 1
     finally:
         observer.cancel(waiting)
 
 
-def test_health_reports_the_controller_and_hosts(served: Served) -> None:
-    time.sleep(served.bridge.health_every_s + 0.2)  # one refresh after the agent said hello
-    reply = request(served, "GET", "/health")
+def test_metrics_with_the_key_have_each_host(keyed: Served) -> None:
+    client(keyed, KEY).completions.create(model=MODEL, prompt="Hi", max_tokens=1)
+    time.sleep(1.5)  # the agent's telemetry (1 Hz) after it said hello
+    found = scrape(keyed, BEARER)
+    assert found["bitinglip_host_connected"][(("host", "local"),)] == 1
+    assert (("host", "local"),) in found["bitinglip_host_ram_total_bytes"]
+
+
+def test_health_reports_the_controller_and_hosts(keyed: Served) -> None:
+    time.sleep(keyed.bridge.health_every_s + 0.2)  # one refresh after the agent said hello
+    reply = request(keyed, "GET", "/health", headers=BEARER)
     assert reply.status == 200
     health = reply.json()
     assert health["status"] == "ok" and health["embedded"] is True

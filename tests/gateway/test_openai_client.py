@@ -15,7 +15,7 @@ import pytest
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.tasks import TaskState
 from bitinglip.gateway.server import Served
-from tests.gateway.conftest import MODEL, client, needs_model
+from tests.gateway.conftest import KEY, MODEL, client, needs_model
 
 pytestmark = needs_model
 
@@ -23,14 +23,15 @@ GREEDY: dict[str, Any] = {"temperature": 0, "seed": 7, "max_tokens": 12}
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 
-def test_models_lists_the_aliases_with_their_copies(served: Served) -> None:
-    models = client(served).models.list()
+def test_models_lists_the_aliases_with_their_copies(keyed: Served) -> None:
+    """With the key: each model's copies per host (without one: no hosts, test_hardening)."""
+    models = client(keyed, KEY).models.list()
     assert [m.id for m in models.data] == [MODEL]
     model = models.data[0]
     assert model.object == "model" and model.owned_by == "bitinglip"
     assert model.model_extra is not None
     assert model.model_extra["hosts"]["local"]["state"] == "ready"
-    assert client(served).models.retrieve(MODEL).id == MODEL
+    assert client(keyed, KEY).models.retrieve(MODEL).id == MODEL
 
 
 def test_completion_with_usage(served: Served, observer: ControlPlane) -> None:
@@ -107,9 +108,9 @@ def test_embeddings_float_and_base64(served: Served) -> None:
     assert list(floats) == pytest.approx(vectors[0], abs=1e-6)
 
 
-def test_models_say_where_a_model_is_loaded(served: Served) -> None:
+def test_models_say_where_a_model_is_loaded(keyed: Served) -> None:
     """After a request the local agent has the model loaded; its telemetry says so (1 Hz)."""
-    api = client(served)
+    api = client(keyed, KEY)
     api.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
     deadline = time.monotonic() + 10
     while (extra := api.models.retrieve(MODEL).model_extra) is not None:
