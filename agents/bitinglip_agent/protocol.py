@@ -125,8 +125,10 @@ def split_result(line: bytes, msg_id: str) -> bytes:
 class Parts:
     """Joins the `result_part` messages of each id back into its `result` message.
 
-    The parts of one result arrive together, in order; a part out of order, or a result growing
-    over RESULT_MAX_BYTES, raises ProtocolError with the id, and the rest of its parts are dropped.
+    The parts of one result arrive together, in order: one result is joined at a time (so an
+    agent holds at most RESULT_MAX_BYTES here). A part out of order or of another run before
+    the open one ends, or a result growing over RESULT_MAX_BYTES, raises ProtocolError with the
+    part's id, and the rest of that result's parts are dropped.
     """
 
     def __init__(self) -> None:
@@ -145,6 +147,9 @@ class Parts:
             if last:
                 self._dropping.discard(msg_id)
             return None
+        if self._open and msg_id not in self._open:
+            self._drop(msg_id, last)
+            raise ProtocolError("malformed", "result parts of two runs interleaved", msg_id)
         chunks, size = self._open.pop(msg_id, ([], 0))
         if part != len(chunks):
             self._drop(msg_id, last)
@@ -157,14 +162,17 @@ class Parts:
         if not last:
             self._open[msg_id] = (chunks, size)
             return None
-        joined = _parse("".join(chunks), frozenset({"result"}))
+        try:
+            joined = _parse("".join(chunks), frozenset({"result"}))
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"joined result parts: {exc}", msg_id) from None
         if joined.get("id") != msg_id:
             raise ProtocolError("malformed", "result parts carry another id's result", msg_id)
         return joined
 
     def _drop(self, msg_id: str, last: bool) -> None:
-        if not last:
-            self._dropping.add(msg_id)
+        """Drop the rest of `msg_id`'s parts (only those: parts come one result at a time)."""
+        self._dropping = set() if last else {msg_id}
 
     def clear(self) -> None:
         """Forget partial results (the connection dropped: they come again whole)."""

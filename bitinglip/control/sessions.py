@@ -143,6 +143,8 @@ class AgentSession:
         try:
             msg = protocol.decode(line, FROM_AGENT)
             if msg["type"] == "result_part":
+                if msg.get("id") not in self.inflight:
+                    return  # not awaited (any more): nothing to join it for
                 joined = self._parts.add(msg)
                 if joined is None:
                     return

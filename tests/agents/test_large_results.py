@@ -72,6 +72,31 @@ def test_parts_over_the_cap_fail_the_run_and_the_rest_is_dropped(
     assert ends[-1] is not None and ends[-1]["result"] == "y" * 150
 
 
+def test_parts_of_two_results_interleaved_fail_the_intruder_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One result is joined at a time: what an agent can make the control plane hold is bounded
+    by one result's cap, whatever it sends."""
+    monkeypatch.setattr(protocol, "RESULT_PART_BYTES", 100)
+    first, second = (
+        [
+            protocol.decode(raw, FROM_AGENT)
+            for raw in protocol.split_result(
+                protocol.encode("result", run_id, result=run_id * 200), run_id
+            ).splitlines(keepends=True)
+        ]
+        for run_id in ("1.1", "2.1")
+    )
+    joiner = Parts()
+    assert joiner.add(first[0]) is None
+    with pytest.raises(ProtocolError) as refused:
+        joiner.add(second[0])
+    assert refused.value.code == "malformed" and refused.value.msg_id == "2.1"
+    assert all(joiner.add(m) is None for m in second[1:])  # the intruder's rest: dropped
+    ends = [joiner.add(m) for m in first[1:]]
+    assert ends[-1] is not None and ends[-1]["result"] == "1.1" * 200
+
+
 def test_an_over_long_line_is_refused_with_the_id_its_start_names() -> None:
     line = protocol.encode("result", "12.3", result="z" * (protocol.MAX_LINE_BYTES + 10))
     with pytest.raises(ProtocolError) as refused:
