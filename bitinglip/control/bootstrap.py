@@ -15,6 +15,7 @@ in place uploads nothing. Remote commands are argv lists quoted by `ssh.command_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -163,15 +164,47 @@ def save_probe(profile: Profile, host: HostConfig, bundle: Bundle, found: Probe)
 
 
 def load_probe(profile: Profile, host: HostConfig, bundle: Bundle) -> Probe | None:
-    """The remembered probe of `host` for this agent version and address, if any."""
-    try:
-        data = json.loads(_probe_file(profile, host).read_text())
-        if data["sha256"] != bundle.sha256:
-            return None
-        probe = data["probe"]
-        return Probe(**{**probe, "python": tuple(probe["python"])})
-    except (OSError, ValueError, KeyError, TypeError):
+    """The remembered probe of `host` for this agent version and address, if any. One that
+    cannot be used (unreadable, fields of the wrong types, a socket path too long) is removed,
+    so the host is probed afresh rather than failing the same way on every attach."""
+    path = _probe_file(profile, host)
+    if not path.exists():
         return None
+    try:
+        data = json.loads(path.read_text())
+        if data["sha256"] != bundle.sha256:
+            return None  # another agent version's: the next probe replaces it
+        found = _checked_probe(data["probe"])
+        socket_path(found, bundle, profile, host)
+        return found
+    except (OSError, ValueError, KeyError, TypeError, SshError) as exc:
+        log.warning("host %s: remembered probe %s discarded: %s", host.name, path, exc)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+
+
+_PROBE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "executable": str,
+    "workdir": str,
+    "agent": str,
+    "agent_ok": bool,
+    "venv_python": (str, type(None)),
+    "model_dir": str,
+    "nvidia_smi": (str, type(None)),
+    "time": (int, float),
+}
+
+
+def _checked_probe(raw: Any) -> Probe:
+    """A Probe from its remembered JSON; TypeError when a field has the wrong type."""
+    found = Probe(**{**raw, "python": tuple(raw["python"])})
+    wrong = [k for k, kinds in _PROBE_TYPES.items() if not isinstance(getattr(found, k), kinds)]
+    if not found.python or any(type(v) is not int for v in found.python):
+        wrong.append("python")
+    if wrong:
+        raise TypeError(f"wrong types: {', '.join(wrong)}")
+    return found
 
 
 def local_bundle(profile: Profile) -> Bundle:
