@@ -15,7 +15,8 @@ Placement: every host with an attached agent takes tasks up to its free slots, h
 (a rotating start, so work spreads), honouring a task's host and labels; an SSH host takes a
 model task only when the model's file is in its model dir (its `hello` lists them). An SSH host
 whose connection drops keeps its runs: the agent goes on working, and on re-attach its `hello`
-says which runs it still has; the others (and only they) go back to the queue.
+says which runs it still has; runs it never acknowledged are sent again (same lease, same
+attempt), the other runs it lost (and only they) go back to the queue.
 """
 
 from __future__ import annotations
@@ -412,11 +413,15 @@ class Dispatcher:
     def _reattached(
         self, queue: TaskQueue, session: AgentSession, hello: dict[str, object]
     ) -> None:
-        """After a (re-)attach: runs the agent no longer has are lost (its results, if any, came
-        before this hello); runs it has that we do not know of are canceled."""
+        """After a (re-)attach: runs it never acknowledged are sent again (they never reached
+        it); acknowledged runs it no longer has are lost (its results, if any, came before this
+        hello); runs it has that we do not know of are canceled."""
         runs = hello.get("runs")
         active = {str(r) for r in runs} if isinstance(runs, list) else set()
-        for run_id in [r for r in session.inflight if r not in active]:
+        session.acked([r for r in active if r in session.inflight])
+        unread = [r for r, run in session.inflight.items() if not run.acked]
+        session.resend(unread)
+        for run_id in [r for r in session.inflight if r not in active and r not in unread]:
             run = session.inflight.pop(run_id)
             try:
                 queue.fail(
