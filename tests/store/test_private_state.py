@@ -108,3 +108,16 @@ def test_a_backup_is_0600(tmp_path: Path) -> None:
     bitinglip(tmp_path, data, "status")
     bitinglip(tmp_path, data, "db", "backup", tmp_path / "copy.db")
     assert mode(tmp_path / "copy.db") == 0o600
+
+
+def test_a_data_dir_first_made_for_the_agent_bundle_is_0700(tmp_path: Path) -> None:
+    """`hosts check` builds the agent zipapp before it opens any database: the data dir it
+    makes on the way is private too (it was 0755 under umask 022)."""
+    from bitinglip.config import load_profile
+    from bitinglip.control import bootstrap
+
+    data = tmp_path / "data"
+    profile = load_profile(None, data_dir=str(data))
+    with umask(0o022):
+        bootstrap.local_bundle(profile)
+    assert mode(data) == 0o700
