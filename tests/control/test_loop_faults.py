@@ -1,14 +1,18 @@
 """The control loop's error boundary, with faults injected for real: another connection holding
-the database's write lock past the busy timeout (results received meanwhile are stored after,
-none lost, none run twice), and `bitinglip up` riding out a short lock but exiting 1 with one
-line naming the reason when every step fails past the bound."""
+the database's write lock past the busy timeout, and the data dir's filesystem full (results
+received meanwhile are stored after, none lost, none run twice), and `bitinglip up` riding out a
+short lock but exiting 1 with one line naming the reason when every step fails past the bound."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 import sqlite3
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import pytest
 
 from bitinglip.config import Profile
 from bitinglip.control.db import BUSY_TIMEOUT_MS
+from bitinglip.control.loop import ControlLoop
 from bitinglip.control.loop_faults import GIVE_UP_AFTER_S
 from bitinglip.control.plane import open_control_plane
 from bitinglip.control.tasks import TaskSpec
@@ -24,6 +29,8 @@ from tests.cli.conftest import Proc, Up, hermetic_env, stderr_lines
 
 pytestmark = pytest.mark.slow
 
+EMBED_INPUTS = 80  # ~1 MB of vectors: a completion batch that needs room
+LITTLE_ROOM = 256 * 1024  # room for a lease renewal, not for that batch
 LOCK_S = BUSY_TIMEOUT_MS / 1000 + 2  # past the busy timeout: the loop's writes fail
 
 
@@ -37,6 +44,44 @@ def write_lock(db: Path) -> Iterator[None]:
         conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+@contextmanager
+def small_tmpfs(where: Path, size_kib: int) -> Iterator[Path]:
+    """A tmpfs of `size_kib` KiB mounted at `where` (private, like a data dir) meanwhile."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs (a real full filesystem) needs root and mount(8)")
+    where.mkdir(parents=True)
+    argv = ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0700", "tmpfs", str(where)]
+    mounted = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+def fill(filler: Path) -> None:
+    """Grow `filler` until its filesystem refuses (ENOSPC), to the last byte."""
+    with filler.open("ab", buffering=0) as f:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+
+
+def held_results(loop: ControlLoop) -> int:
+    """Results the controller holds in memory, received but not stored: those in its inbox
+    (a step that cannot renew the lease handles none) and those its completion batch keeps."""
+    assert loop.dispatcher is not None
+    inbox = list(loop.dispatcher._inbox)
+    waiting = [m for m in inbox if m.msg is not None and m.msg.get("type") == "result"]
+    return len(waiting) + len(loop.dispatcher._results)
 
 
 @pytest.fixture
@@ -71,6 +116,54 @@ def test_results_received_under_a_held_lock_are_stored_after_it(
     assert after.state == "succeeded" and alive
     said = [r.getMessage() for r in caplog.records]
     assert any("control loop step failed" in m and "locked" in m for m in said), said
+
+
+def test_results_received_on_a_full_disk_are_stored_once_there_is_room(
+    make_profile: Callable[..., Profile],
+    demo_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The disk fills while an embedding runs (~1 MB of vectors): with no room the loop cannot
+    renew its lease and holds the result in its inbox; with a little room the lease is renewed
+    but the completion batch cannot commit and keeps the result; with room it is stored."""
+    for name, value in INFER_ENV.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.WARNING, logger="bitinglip.control")
+    inputs = [f"line {n} of the embedding" for n in range(EMBED_INPUTS)]
+    with small_tmpfs(tmp_path / "full", 8192) as data:
+        profile = make_profile(name="full")
+        assert profile.data_dir == data
+        (data / "models").mkdir()
+        (data / "models" / "gemma-3-270m.gguf").symlink_to(demo_model)
+        filler = data / "filler"
+        with open_control_plane(profile) as plane, plane.embedded() as loop:
+            assert loop is not None and loop.dispatcher is not None
+            dispatcher = loop.dispatcher
+            spec = TaskSpec(kind="embed", model="gemma-3-270m", payload={"input": inputs})
+            task_id = plane.submit(spec)
+            wait_for(lambda: plane.task(task_id).state == "running", 60, "the run to start")
+            plane.store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no WAL to reuse
+            fill(filler)
+            assert plane.task(task_id).state == "running", "the run ended before the disk filled"
+            wait_for(lambda: held_results(loop) == 1, 20, "the result to arrive")
+            os.truncate(filler, filler.stat().st_size - LITTLE_ROOM)
+            wait_for(lambda: len(dispatcher._results) == 1, 10, "the completion batch")
+            time.sleep(1.0)  # the batch is tried again (and fails) meanwhile
+            kept = len(dispatcher._results)
+            state_while_full = plane.task(task_id).state
+            filler.unlink()
+            done = plane.wait(task_id, timeout=60)
+            after = plane.wait(plane.submit(TaskSpec(kind="echo", payload={"after": 1})), 30)
+            alive = not loop.ended.is_set()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("database or disk is full" in m for m in said), said  # the fault was hit
+    assert kept == 1 and state_while_full == "running"
+    assert done.state == "succeeded", done.error
+    assert done.attempt == 1, "a result was lost: the task ran again"
+    assert isinstance(done.result, dict) and len(done.result["embeddings"]) == EMBED_INPUTS
+    assert after.state == "succeeded" and alive
 
 
 def test_up_rides_out_a_lock_and_exits_1_when_it_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
