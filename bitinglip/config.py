@@ -191,6 +191,7 @@ class Profile:
     hosts: tuple[HostConfig, ...]
     models: Mapping[str, ModelAlias]
     shutdown_grace_s: float = 10.0
+    give_up_after_s: float = 30.0  # a control loop whose every step fails this long stops
     hub_token_env: str | None = None  # the environment variable holding the hub token
     keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))  # console keys
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -215,6 +216,7 @@ class Profile:
             "controller": {
                 "lease_s": self.controller_lease_s,
                 "shutdown_grace_s": self.shutdown_grace_s,
+                "give_up_after_s": self.give_up_after_s,
             },
             "queue": asdict(self.queue),
             "hosts": [host.to_dict() for host in self.hosts],
@@ -285,7 +287,7 @@ def parse_profile(
         (environ.get(ENV_DATA_DIR), base),
         (top.opt_str("data_dir"), folder),
     )
-    controller = top.table("controller", ["lease_s", "shutdown_grace_s"])
+    controller = top.table("controller", ["lease_s", "shutdown_grace_s", "give_up_after_s"])
     return Profile(
         name=profile_name,
         path=path,
@@ -293,6 +295,7 @@ def parse_profile(
         durability=_env_durability(environ) or durability or "normal",
         controller_lease_s=controller.number("lease_s", 5.0, 0.0),
         shutdown_grace_s=controller.number("shutdown_grace_s", 10.0, 0.0, inclusive=True),
+        give_up_after_s=controller.number("give_up_after_s", 30.0, 0.0),
         queue=_queue(top.table("queue", _QUEUE_KEYS)),
         hosts=_hosts(top.tables("hosts", _HOST_KEYS), folder, environ),
         models=_models(top.table("models")),

@@ -54,7 +54,7 @@ class ControlLoop:
         self.commits = 0  # counts those notifications, so a waiter never misses one
         self.is_controller = threading.Event()
         self._stop = threading.Event()
-        self.faults = Faults()
+        self.faults = Faults(profile.give_up_after_s)
         self.failure: BitinglipError | None = None  # why `run()` gave up, if it did
         self.ended = threading.Event()  # set once `run()` has returned or raised
         self.dispatcher: Dispatcher | None = None

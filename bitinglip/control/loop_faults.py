@@ -5,8 +5,9 @@ A step that raises (the database locked past its busy timeout, a full disk, a bu
 once per distinct reason and retried after a capped exponential backoff; nothing it held is
 dropped (the dispatcher keeps received results until they are stored). The loop gives up, and
 its `run()` raises, when the database cannot be used at all (damaged, not a database) or when
-every step has failed for `GIVE_UP_AFTER_S`: a controller that cannot store anything must not
-go on holding the fleet (`bitinglip up` and `bitinglip serve` then exit 1 naming the reason).
+every step has failed for `give_up_after_s` (the profile's `controller.give_up_after_s`): a
+controller that cannot store anything must not go on holding the fleet (`bitinglip up` and
+`bitinglip serve` then exit 1 naming the reason).
 """
 
 from __future__ import annotations

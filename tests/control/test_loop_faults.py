@@ -21,7 +21,6 @@ import pytest
 from bitinglip.config import Profile
 from bitinglip.control.db import BUSY_TIMEOUT_MS
 from bitinglip.control.loop import ControlLoop
-from bitinglip.control.loop_faults import GIVE_UP_AFTER_S
 from bitinglip.control.plane import open_control_plane
 from bitinglip.control.tasks import TaskSpec
 from tests.agents.conftest import INFER_ENV, wait_for
@@ -32,6 +31,7 @@ pytestmark = pytest.mark.slow
 EMBED_INPUTS = 80  # ~1 MB of vectors: a completion batch that needs room
 LITTLE_ROOM = 256 * 1024  # room for a lease renewal, not for that batch
 LOCK_S = BUSY_TIMEOUT_MS / 1000 + 2  # past the busy timeout: the loop's writes fail
+GIVE_UP_S = 2.0  # `controller.give_up_after_s` where a test waits for the loop to give up
 
 
 @contextmanager
@@ -166,39 +166,56 @@ def test_results_received_on_a_full_disk_are_stored_once_there_is_room(
     assert after.state == "succeeded" and alive
 
 
-def test_up_rides_out_a_lock_and_exits_1_when_it_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
-    up = Up(proc, tmp_path / "up.stderr")
-    try:
-        up.wait_until_controller()
-        db = proc.data_dir / "state.db"
-        with write_lock(db):
-            time.sleep(LOCK_S)
-        waited = proc("tasks", "submit", "echo", "--payload", '{"n": 1}', "--wait", timeout=60)
-        assert waited.stdout == '{"n": 1}\n', up.stderr
-        assert up.process.poll() is None, up.stderr
-        with write_lock(db):  # for good: every step fails
-            code = up.process.wait(GIVE_UP_AFTER_S + 4 * LOCK_S)
-    finally:
-        up.kill()
-    lines = stderr_lines(up.stderr)
+def quick_give_up(tmp_path: Path) -> Path:
+    """A profile whose control loop gives up after GIVE_UP_S of failing steps (default 30 s)."""
+    path = tmp_path / "quick.toml"
+    path.write_text(f"[controller]\ngive_up_after_s = {GIVE_UP_S}\n", encoding="utf-8")
+    return path
+
+
+def assert_stopped_on_the_lock(code: int, stderr: str) -> None:
+    lines = stderr_lines(stderr)
     assert code == 1, lines
-    assert "Traceback" not in up.stderr
+    assert "Traceback" not in stderr
     assert lines[-1].startswith("bitinglip: the control loop stopped: "), lines
     assert "locked" in lines[-1], lines
 
 
+def test_up_rides_out_a_lock_longer_than_the_busy_timeout(proc: Proc, tmp_path: Path) -> None:
+    up = Up(proc, tmp_path / "up.stderr")
+    try:
+        up.wait_until_controller()
+        with write_lock(proc.data_dir / "state.db"):
+            time.sleep(LOCK_S)
+        waited = proc("tasks", "submit", "echo", "--payload", '{"n": 1}', "--wait", timeout=60)
+        assert waited.stdout == '{"n": 1}\n', up.stderr
+        assert up.process.poll() is None, up.stderr
+        assert "locked" in up.stderr  # the lock was felt (logged), and ridden out
+    finally:
+        up.kill()
+
+
+def test_up_exits_1_when_its_control_loop_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
+    up = Up(proc, tmp_path / "up.stderr", "--profile", quick_give_up(tmp_path))
+    try:
+        up.wait_until_controller()
+        with write_lock(proc.data_dir / "state.db"):  # for good: every step fails
+            code = up.process.wait(GIVE_UP_S + 4 * LOCK_S)
+    finally:
+        up.kill()
+    assert_stopped_on_the_lock(code, up.stderr)
+
+
 def test_serve_exits_1_when_its_control_loop_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
     log = tmp_path / "serve.stderr"
-    serve = proc.popen("serve", "--port", "0", stderr_to=log)
+    serve = proc.popen("--profile", quick_give_up(tmp_path), "serve", "--port", "0", stderr_to=log)
     try:
         wait_for(lambda: "bitinglip: serving " in log.read_text(), 60, "serve to start")
         assert "running the control plane" in log.read_text()
         with write_lock(proc.data_dir / "state.db"):
-            code = serve.wait(GIVE_UP_AFTER_S + 4 * LOCK_S)
+            code = serve.wait(GIVE_UP_S + 4 * LOCK_S)
     finally:
         if serve.poll() is None:
             serve.kill()
             serve.wait()
-    lines = stderr_lines(log.read_text())
-    assert code == 1, lines
-    assert lines[-1].startswith("bitinglip: the control loop stopped: "), lines
+    assert_stopped_on_the_lock(code, log.read_text())
