@@ -90,6 +90,7 @@ class GGUFSummary:
     block_count: int | None
     file_type: int | None
     has_chat_template: bool  # `tokenizer.chat_template` is present (a string)
+    pooling_type: int | None = None  # `<arch>.pooling_type`: how it pools embeddings, if it says
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,6 +219,7 @@ def _parse(r: _Reader) -> GGUFSummary:
         block_count=_int_value(meta, f"{arch}.block_count"),
         file_type=_int_value(meta, "general.file_type"),
         has_chat_template=meta.get("tokenizer.chat_template", (-1, None))[0] == _STRING,
+        pooling_type=_int_value(meta, f"{arch}.pooling_type"),
     )
 
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bitinglip_agent.gguf_check import GGUFSummary, check_gguf
+
 CHUNK_EVERY_S = 0.05
 PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
 
@@ -148,19 +150,18 @@ class Child:
         }
 
     def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """One vector per input: mean-pooled over tokens when the model gives per-token
-        vectors, then L2-normalised (like OpenAI's embeddings)."""
+        """One vector per input, L2-normalised (like OpenAI's embeddings). The inputs go to
+        llama.cpp together, many sequences per batch, each pooled there (see `_pooling`)."""
         inputs = payload["input"]
         batch = [inputs] if isinstance(inputs, str) else list(inputs)
-        vectors = [_pooled(self.llm.embed(text)) for text in batch]
-        tokens = sum(len(self.llm.tokenize(t.encode())) for t in batch)
-        return {"embeddings": vectors, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        vectors, tokens = self.llm.embed(batch, normalize=False, return_count=True)
+        return {
+            "embeddings": [_unit(v) for v in vectors],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
 
-def _pooled(vector: Any) -> list[float]:
-    if vector and isinstance(vector[0], list):
-        n = len(vector)
-        vector = [sum(column) / n for column in zip(*vector)]
+def _unit(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
 
@@ -169,14 +170,20 @@ def _pooled(vector: Any) -> list[float]:
 FALLBACK_CHAT_FORMATS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "qwen2": "chatml"}
 
 
-def _chat_format(path: str) -> str | None:
+def _chat_format(summary: GGUFSummary) -> str | None:
     """None (use the GGUF's own template) unless the file has none and its family is known."""
-    from bitinglip_agent.gguf_check import check_gguf
-
-    summary = check_gguf(path)
     if summary.has_chat_template:
         return None
     return FALLBACK_CHAT_FORMATS.get(summary.architecture or "")
+
+
+def _pooling(llama_cpp: Any, summary: GGUFSummary, mode: str) -> int:
+    """How an embedding context pools: the model's own way (CLS, last token, ...) when it names
+    one, else the mean over the input's tokens. llama.cpp then returns one vector per sequence,
+    so many inputs share a batch (per-token vectors of several inputs cannot be told apart)."""
+    if mode == "embed" and summary.pooling_type in (None, llama_cpp.LLAMA_POOLING_TYPE_NONE):
+        return int(llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    return int(llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         emit("error", code="missing_capability", message=f"llama_cpp is not installed: {exc}")
         return 3
     start = time.perf_counter()
+    summary = check_gguf(args.model)
     try:
         llm = llama_cpp.Llama(
             model_path=args.model,
@@ -200,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             n_threads=args.threads or (os.cpu_count() or 1),
             n_gpu_layers=args.gpu_layers,
             embedding=args.mode == "embed",
-            chat_format=_chat_format(args.model),
+            chat_format=_chat_format(summary),
+            pooling_type=_pooling(llama_cpp, summary, args.mode),
             verbose=False,
         )
     except (ValueError, RuntimeError) as exc:

@@ -133,6 +133,26 @@ def test_embed_is_deterministic(plane: ControlPlane, demo_model: Path) -> None:
     assert single["embeddings"][0] != vectors[0]
 
 
+def test_an_input_embeds_the_same_alone_and_among_others(
+    plane: ControlPlane, demo_model: Path
+) -> None:
+    """Inputs share llama.cpp batches: each still gets its own vector, the one it gets alone
+    (the mean over its own tokens, not over its neighbours')."""
+    texts = [f"input {n}: {'word ' * (n % 7)}end" for n in range(40)]
+
+    def embed(payload: object) -> list[list[float]]:
+        spec = TaskSpec(kind="embed", model=str(demo_model), payload={"input": payload})
+        return list(run(plane, spec)["embeddings"])
+
+    together = embed(texts)
+    for n in (0, 17, 39):
+        (alone,) = embed(texts[n])
+        cosine = sum(a * b for a, b in zip(alone, together[n], strict=True))
+        assert cosine > 0.9995, (n, cosine)  # batched sums round differently: 0.99985 seen
+    # ... and apart from its neighbours' (the closest pair of these seen at 0.9978)
+    assert sum(a * b for a, b in zip(together[1], together[8], strict=True)) < 0.999
+
+
 def test_streamed_output_is_the_result_and_is_stored_in_batches(
     plane: ControlPlane, demo_model: Path
 ) -> None:
