@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from bitinglip.errors import InputError
 
@@ -135,6 +135,16 @@ class GGUFHeader:
     @property
     def tensor_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+
+def file_reads(f: BinaryIO) -> RangeRead:
+    """`read(start, length)` over an open local file, for `read_header`."""
+
+    def read(start: int, length: int) -> bytes:
+        f.seek(start)
+        return f.read(length)
+
+    return read
 
 
 def read_header(read: RangeRead, size: int, *, name: str = "GGUF file") -> GGUFHeader:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.control import hub
-from bitinglip.control.gguf_header import GGUFHeader, RangeRead, read_header
+from bitinglip.control.gguf_header import GGUFHeader, RangeRead, file_reads, read_header
 from bitinglip.errors import InputError
 
 
@@ -45,13 +45,7 @@ def read_local(path: Path) -> GGUFMeta:
     """The metadata of the GGUF file at `path`."""
     try:
         with path.open("rb") as f:
-            size = path.stat().st_size
-
-            def read(start: int, length: int) -> bytes:
-                f.seek(start)
-                return f.read(length)
-
-            return _meta(str(path), size, read, str(path))
+            return _meta(str(path), path.stat().st_size, file_reads(f), str(path))
     except IsADirectoryError:
         raise InputError(f"{path} is a directory, not a GGUF file") from None
     except OSError as exc:

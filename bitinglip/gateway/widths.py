@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from bitinglip.control import models, registry
-from bitinglip.control.gguf_header import read_header
+from bitinglip.control.gguf_header import file_reads, read_header
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
 from bitinglip.gateway.errors import bad_request
@@ -99,13 +99,8 @@ def _local_copies(plane: ControlPlane, model: str) -> list[Path]:
 def _read_width(path: Path) -> int | None:
     try:
         with path.open("rb") as f:
-            size = path.stat().st_size
-
-            def read(start: int, length: int) -> bytes:
-                f.seek(start)
-                return f.read(length)
-
-            width = read_header(read, size, name=str(path)).embedding_length
+            header = read_header(file_reads(f), path.stat().st_size, name=str(path))
+        width = header.embedding_length
     except (OSError, ValueError, BitinglipError) as exc:
         log.debug("no embedding width from %s: %s", path, exc)
         return None
