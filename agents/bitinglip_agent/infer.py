@@ -66,7 +66,7 @@ class Child:
             run_id = str(msg.get("id"))
             try:
                 result = self.run(msg["op"], run_id, msg.get("payload") or {})
-            except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as exc:
                 emit(
                     "error",
                     id=run_id,

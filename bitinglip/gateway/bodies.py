@@ -25,6 +25,9 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 # Keys accepted and ignored (they change nothing a single model on a host could honour).
 _IGNORED = frozenset({"user", "metadata", "store", "service_tier"})
 
+INT32_MAX = 2**31 - 1  # llama.cpp's token counts are C ints
+UINT32_MAX = 2**32 - 1
+
 
 @dataclass(frozen=True)
 class ApiRequest:
@@ -108,7 +111,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     if fmt is not None and fmt != {"type": "text"}:
         raise bad_request('response_format must be {"type": "text"}', param="response_format")
     params = _sampling(body, "max_tokens")
-    limit = _int(body, "max_completion_tokens", low=1)
+    limit = _int(body, "max_completion_tokens", low=1, high=INT32_MAX)
     if limit is not None:
         params["max_tokens"] = limit
     return _request("chat", "chat", model, {"messages": messages, **params}, body)
@@ -184,12 +187,12 @@ def _request(
 def _sampling(body: dict[str, Any], max_key: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     checks: dict[str, Callable[[], Any]] = {
-        "max_tokens": lambda: _int(body, max_key, low=1),
+        "max_tokens": lambda: _int(body, max_key, low=1, high=INT32_MAX),
         "temperature": lambda: _number(body, "temperature", 0.0, 2.0),
         "top_p": lambda: _number(body, "top_p", 0.0, 1.0),
-        "top_k": lambda: _int(body, "top_k", low=0),
+        "top_k": lambda: _int(body, "top_k", low=0, high=INT32_MAX),
         "repeat_penalty": lambda: _number(body, "repeat_penalty", 0.0, math.inf),
-        "seed": lambda: _int(body, "seed"),
+        "seed": lambda: _int(body, "seed", low=0, high=UINT32_MAX),  # llama.cpp's seed type
         "stop": lambda: _stop(body.get("stop")),
     }
     for key, check in checks.items():
@@ -285,7 +288,9 @@ def _only(body: dict[str, Any], key: str, allowed: tuple[Any, ...], message: str
     raise bad_request(message, param=key)
 
 
-def _int(body: dict[str, Any], key: str, low: int | None = None) -> int | None:
+def _int(
+    body: dict[str, Any], key: str, low: int | None = None, high: int | None = None
+) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -293,6 +298,8 @@ def _int(body: dict[str, Any], key: str, low: int | None = None) -> int | None:
         raise bad_request(f"{key} must be an integer, not {_name(value)}", param=key)
     if low is not None and value < low:
         raise bad_request(f"{key} must be at least {low}, not {value}", param=key)
+    if high is not None and value > high:
+        raise bad_request(f"{key} must be at most {high}, not {value}", param=key)
     return value
 
 

@@ -201,6 +201,15 @@ HOSTILE = [
     (COMPLETIONS, b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
     (COMPLETIONS, b'{"model": "gemma-3-270m", "prompt": "hi", "seed": ' + b"9" * 5000 + b"}"),
     (CHAT, json.dumps({"model": MODEL, "messages": [{"role": 5, "content": "hi"}]}).encode()),
+    (COMPLETIONS, json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2**70}).encode()),
+    (COMPLETIONS, json.dumps({"model": MODEL, "prompt": "hi", "top_k": 2**70}).encode()),
+    (COMPLETIONS, json.dumps({"model": MODEL, "prompt": "hi", "seed": 2**70}).encode()),
+    (
+        CHAT,
+        json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": -1}
+        ).encode(),
+    ),
     (
         CHAT,
         json.dumps({"model": MODEL, "messages": [{"role": ["user"], "content": "hi"}]}).encode(),
