@@ -23,7 +23,7 @@ from typing import Any
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
 
 
 def run(

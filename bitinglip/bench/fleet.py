@@ -16,8 +16,8 @@ Fleet-wide:
 
 - `ssh_echo_per_s` and `raw_asyncssh_per_s`: on the first SSH host that is ok, n echo runs
   pipelined through AgentSession + RemoteTransport with at most `window` unanswered, and the same
-  n lines through `ssh.raw_echo_rate` (a bare exec channel to a Python loop doing the agent's JSON
-  work per line), alternating, ROUNDS times each; medians, and `ratio` = ssh / raw. Both top up
+  n lines through `raw_echo_rate` (bench/echo_rate.py: a bare exec channel to a Python loop
+  doing the agent's JSON work per line), alternating, ROUNDS times each; medians, and `ratio` = ssh / raw. Both top up
   in one write once `refill` (a quarter of the window) can go: a client that tops up after every
   answer sends about one SSH packet per line, and that is what it would measure;
 - `e2e_per_s`: n echo tasks submitted in one batch into a fresh queue, an embedded control loop
@@ -48,12 +48,12 @@ from bitinglip_agent import protocol
 
 from bitinglip.bench.host_link import REPLY_TIMEOUT_S, HostFailed, HostLink, one_line, why
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import models
-from bitinglip.control.local import LocalTransport
+from bitinglip.control.models import aliases as models
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.sessions import AgentSession, Transport
-from bitinglip.control.states import TaskState
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.states import TaskState
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.transport.local import LocalTransport
+from bitinglip.control.transport.sessions import AgentSession, Transport
 from bitinglip.errors import BitinglipError, InputError
 
 RTT_SAMPLES = 200
@@ -131,8 +131,8 @@ def run(
 
 def _transport(profile: Profile, bench: Profile, host: HostConfig) -> Transport:
     if host.kind == "ssh":
-        from bitinglip.control import bootstrap
-        from bitinglip.control.remote import RemoteTransport
+        from bitinglip.control.transport import bootstrap
+        from bitinglip.control.transport.remote import RemoteTransport
 
         return RemoteTransport(bench, host, bootstrap.local_bundle(bench))
     model_dir = host.model_dir or models.models_dir(profile)  # the real cache, not the temp one
@@ -228,8 +228,9 @@ def _pipelined(ok: list[HostLink], n: int, window: int, progress: Progress) -> d
     refill = max(window // REFILL_PART, 1)
     out.update(ssh_echo_host=link.host.name, refill=refill)
     progress(f"[2/3] {n} pipelined echoes on {link.host.name}, session vs raw asyncssh")
-    from bitinglip.control import ssh
-    from bitinglip.control.remote import SshLoop
+    from bitinglip.bench.echo_rate import raw_echo_rate
+    from bitinglip.control.transport import ssh
+    from bitinglip.control.transport.remote import SshLoop
 
     loop = SshLoop.get()
     argv = [link.host.python, "-c", ECHO_LOOP]
@@ -238,7 +239,7 @@ def _pipelined(ok: list[HostLink], n: int, window: int, progress: Progress) -> d
         conn = loop.submit(ssh.connect(link.host)).result(REPLY_TIMEOUT_S)
         for _ in range(ROUNDS):  # alternating, so drift in the machine's speed hits both
             out["ssh_echo_rounds"].append(round(link.pipeline(n, window, refill)))
-            coro = ssh.raw_echo_rate(conn, argv, n, window, refill=refill, line=_run_line)
+            coro = raw_echo_rate(conn, argv, n, window, refill=refill, line=_run_line)
             out["raw_asyncssh_rounds"].append(round(loop.submit(coro).result(REPLY_TIMEOUT_S)))
     except (BitinglipError, TimeoutError) as exc:
         progress(f"pipelined echo on {link.host.name} failed: {one_line(str(exc))}")

@@ -14,9 +14,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from bitinglip.control import hosts
-from bitinglip.control.db import Store
-from bitinglip.control.telemetry_ring import TelemetryRing
+from bitinglip.control.fleet import hosts
+from bitinglip.control.fleet.telemetry_ring import TelemetryRing
+from bitinglip.control.store.db import Store
 
 GIB = 1 << 30
 GPU_NAME = "NVIDIA H100 80GB HBM3"

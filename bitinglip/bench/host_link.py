@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from bitinglip.config import HostConfig
-from bitinglip.control.sessions import AgentSession, Incoming, Transport
+from bitinglip.control.transport.sessions import AgentSession, Incoming, Transport
 from bitinglip.errors import BitinglipError
 
 HELLO_TIMEOUT_S = 60.0

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models import ensure_local
+from bitinglip.control.models.aliases import ensure_local
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
 
 PROMPTS = (
     "Why is the sky blue?",

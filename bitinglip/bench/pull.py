@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import fit, hub
+from bitinglip.control.models import fit, hub
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.errors import StateError
 
 MIB = 1 << 20

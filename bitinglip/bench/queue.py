@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import Profile
-from bitinglip.control.db import connect, open_store
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store.db import connect, open_store
 
 CLAIM_BATCH = 64
 

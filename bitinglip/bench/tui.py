@@ -34,9 +34,9 @@ from typing import Any
 
 from bitinglip.bench.fleet_telemetry import FleetWriter
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.db import open_store
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.store.db import open_store
 from bitinglip.tui.app import ConsoleApp
 from bitinglip.tui.backend import Backend
 from bitinglip.tui.views.base import View
@@ -230,7 +230,7 @@ async def _idle(profile: Profile, seconds: float) -> dict[str, Any]:
 
 
 async def _until_healthy(backend: Backend, pilot: Any) -> None:
-    from bitinglip.control.hosts import load_hosts
+    from bitinglip.control.fleet.hosts import load_hosts
 
     deadline = time.monotonic() + HEALTHY_WAIT_S
     while time.monotonic() < deadline:

@@ -24,7 +24,7 @@ from bitinglip.cli import (
     tasks,
 )
 from bitinglip.cli.common import ErrorsToExit, Options, emit_json, note, plane_of, profile_of, table
-from bitinglip.control.loop import ControlLoop
+from bitinglip.control.runtime.loop import ControlLoop
 
 app = typer.Typer(
     cls=ErrorsToExit,

@@ -1,6 +1,6 @@
 """`bitinglip hosts`: add, remove, list, trust, set up, check and watch the profile's hosts.
 
-The SSH work lives in `bitinglip.control.host_check` (asyncssh loads only for the commands
+The SSH work lives in `bitinglip.control.fleet.checks` (asyncssh loads only for the commands
 that connect); this module parses, confirms and prints.
 """
 
@@ -20,12 +20,12 @@ import typer
 from bitinglip.cli import hosts_top
 from bitinglip.cli.common import age, emit_json, fail, note, parse_labels, profile_of, table
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.hosts import load_hosts
+from bitinglip.control.fleet.hosts import load_hosts
 from bitinglip.control.plane import ControlPlane, open_control_plane
 from bitinglip.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from bitinglip.control.host_check import CheckReport
+    from bitinglip.control.fleet.checks import CheckReport
 
 app = typer.Typer(help="Hosts: the machines the profile runs work on.", no_args_is_help=True)
 
@@ -244,7 +244,7 @@ def trust(
 
     A key already on record is left alone; a recorded key that differs is a hard error.
     """
-    from bitinglip.control import host_check
+    from bitinglip.control.fleet import checks as host_check
 
     host = _ssh_host(profile_of(ctx), name, "trust")
     key = asyncio.run(host_check.host_key(host))
@@ -286,7 +286,7 @@ def setup(
     as_json: JsonOpt = False,
 ) -> None:
     """Put this version's agent on the host (and with --runtime the inference runtime)."""
-    from bitinglip.control import host_check
+    from bitinglip.control.fleet import checks as host_check
 
     profile = profile_of(ctx)
     host = _ssh_host(profile, name, "setup")
@@ -316,7 +316,7 @@ def check(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) -> None:
     A running controller is left alone (the agent runs once on a channel of its own). Exit 1
     unless ssh and the agent are ok.
     """
-    from bitinglip.control import host_check
+    from bitinglip.control.fleet import checks as host_check
 
     profile = profile_of(ctx)
     host = _ssh_host(profile, name, "check (the controller runs the local agent)")

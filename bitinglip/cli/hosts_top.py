@@ -17,8 +17,8 @@ import typer
 
 from bitinglip.cli.common import age, emit_json, note, profile_of, table
 from bitinglip.config import Profile
+from bitinglip.control.fleet.telemetry_ring import gpu_table, latest
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.telemetry_ring import gpu_table, latest
 
 CLEAR_HOME = "\x1b[H\x1b[2J"
 NO_CONTROLLER = "no controller is running (start one with `bitinglip up`); showing what is stored"

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from bitinglip.cli.common import emit_json, fail, note, plane_of, table
-from bitinglip.control import atomic_file
-from bitinglip.control.jobs import Job
+from bitinglip.control.queue.jobs import Job
+from bitinglip.control.store import atomic_file
 
 app = typer.Typer(help="Jobs: a JSONL file of tasks, run as one batch.", no_args_is_help=True)
 

@@ -1,5 +1,5 @@
 """`bitinglip models`: find GGUF files on the hub, list and inspect registered models, remove
-copies. The work lives in `bitinglip.control.hub`, `registry` and `gguf_meta`; this module
+copies. The work lives in `bitinglip.control.models.hub`, `registry` and `gguf_meta`; this module
 parses, confirms and prints. (`models pull` is added to `app` by its own module.)
 """
 
@@ -16,9 +16,9 @@ import typer
 
 from bitinglip.cli.common import age, emit_json, fail, note, plane_of, profile_of, table
 from bitinglip.config import Profile
-from bitinglip.control import gguf_meta, hub, registry
-from bitinglip.control import models as local_models
-from bitinglip.control.gguf_meta import GGUFMeta
+from bitinglip.control.models import aliases as local_models
+from bitinglip.control.models import gguf_meta, hub, registry
+from bitinglip.control.models.gguf_meta import GGUFMeta
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError, NotFoundError, UsageError
 from bitinglip.readable import human_size

@@ -3,7 +3,7 @@
 The repo's GGUF files are listed at one commit, each file's header is fetched with HTTP range
 requests (8 at a time; no weights), and every quant is judged against each profile host's GPUs
 (or, for a host without GPUs, its RAM) as the stored telemetry last saw them. The arithmetic is
-`bitinglip.control.fit`'s.
+`bitinglip.control.models.fit`'s.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import emit_json, note, plane_of, table
-from bitinglip.control import fit as fitting
-from bitinglip.control import hub
-from bitinglip.control.telemetry_ring import latest
+from bitinglip.control.fleet.telemetry_ring import latest
+from bitinglip.control.models import fit as fitting
+from bitinglip.control.models import hub
 from bitinglip.errors import NotFoundError
 
 GIB = fitting.GIB

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import emit_json, fail, note, parse_labels, plane_of
-from bitinglip.control.hub_refs import HubFile
+from bitinglip.control.models.pulls import Ticket
+from bitinglip.control.models.refs import HubFile
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.pulls import Ticket
-from bitinglip.control.tasks import TERMINAL, TaskState
+from bitinglip.control.queue.tasks import TERMINAL, TaskState
 
 REFRESH_S = 0.5
 

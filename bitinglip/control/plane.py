@@ -19,12 +19,15 @@ from typing import Any
 from bitinglip_agent.protocol import MODEL_KINDS
 
 from bitinglip.config import Profile
-from bitinglip.control import controller, doorbell, jobs, models, task_views
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.loop import ControlLoop
+from bitinglip.control.models import aliases as models
 from bitinglip.control.plane_models import ModelActions
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
+from bitinglip.control.queue import jobs
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
+from bitinglip.control.queue.views import Task
+from bitinglip.control.runtime import controller, doorbell
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.store.db import Store, open_store
 from bitinglip.errors import InputError
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from bitinglip_agent.protocol import unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import controller, fit, pulls, registry
-from bitinglip.control.db import Store
-from bitinglip.control.hub_refs import HubFile
-from bitinglip.control.tasks import TaskQueue
+from bitinglip.control.models import fit, pulls, registry
+from bitinglip.control.models.refs import HubFile
+from bitinglip.control.queue.tasks import TaskQueue
+from bitinglip.control.runtime import controller
+from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError, NotFoundError, StateError
 
 
@@ -38,7 +39,7 @@ class ModelActions:
         """Pin `ref` to a commit, file, size and sha256, then queue a pull on each chosen host
         (or join the one in progress there)."""
         targets = self.pull_targets(hosts, labels, all_hosts)
-        from bitinglip.control import hub  # huggingface_hub: only for commands that need it
+        from bitinglip.control.models import hub  # huggingface_hub: only for commands that need it
 
         file = hub.resolve(ref, revision)
         return file, pulls.plan(self.queue, file, targets)
@@ -55,7 +56,7 @@ class ModelActions:
     ) -> tuple[HubFile, dict[str, str]]:
         """For hosts with no way to the hub: download here once, verified, then push to each
         host over SFTP, verified there (`push.py`). Host -> path, or "error: ..."."""
-        from bitinglip.control import hub, push
+        from bitinglip.control.models import hub, push
 
         targets = self.pull_targets(hosts, labels, all_hosts)
         file = hub.resolve(ref, revision)
@@ -82,7 +83,7 @@ class ModelActions:
             c["state"] in ("ready", "pulling") for c in found["hosts"].values()
         ):
             return None
-        from bitinglip.control import hub
+        from bitinglip.control.models import hub
 
         file = hub.resolve(ref, alias.revision)
         [need] = fit.needs_for_files([file], hub.read_range, ctx)
@@ -94,7 +95,7 @@ class ModelActions:
         the stored telemetry; the local host, else the first, when none is stored. InputError
         (naming `what`) when it fits nowhere. Reads the database only: the caller has read the
         header (`fit.needs_for_files`), so this never waits on the network."""
-        from bitinglip.control import telemetry_ring
+        from bitinglip.control.fleet import telemetry_ring
 
         hosts = {h.name: h for h in self.profile.hosts}
         devices, _ = fit.gpus_from_telemetry(telemetry_ring.latest(self.store), set(hosts))

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bitinglip.config import Profile
-from bitinglip.control import hosts, task_views
-from bitinglip.control.loop import ControlLoop
+from bitinglip.control.fleet import hosts
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TERMINAL
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.tasks import TERMINAL
+from bitinglip.control.queue.views import Task
+from bitinglip.control.runtime.loop import ControlLoop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

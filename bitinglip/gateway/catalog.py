@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bitinglip.control import models, registry, telemetry_ring
+from bitinglip.control.fleet import telemetry_ring
+from bitinglip.control.models import aliases as models
+from bitinglip.control.models import registry
 from bitinglip.control.plane import ControlPlane
 from bitinglip.gateway.errors import ApiError
 

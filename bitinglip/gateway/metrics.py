@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bitinglip.control import hosts, task_views, telemetry_ring
+from bitinglip.control.fleet import hosts, telemetry_ring
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TERMINAL, TaskState
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.tasks import TERMINAL, TaskState
 
 RATE_WINDOW_S = 60.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bitinglip.config_sections import GatewayConfig
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.views import Task
 from bitinglip.errors import BitinglipError, InputError
 from bitinglip.gateway import catalog, shapes
 from bitinglip.gateway.bodies import ApiRequest

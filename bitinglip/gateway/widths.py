@@ -17,8 +17,9 @@ import logging
 import threading
 from pathlib import Path
 
-from bitinglip.control import models, registry
-from bitinglip.control.gguf_header import file_reads, read_header
+from bitinglip.control.models import aliases as models
+from bitinglip.control.models import registry
+from bitinglip.control.models.gguf_header import file_reads, read_header
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
 from bitinglip.gateway.errors import bad_request

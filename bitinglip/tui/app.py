@@ -25,8 +25,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, ContentSwitcher, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from bitinglip.control import controller, data_dir, task_views
 from bitinglip.control.plane import ControlPlane
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.runtime import controller
+from bitinglip.control.store import data_dir
 from bitinglip.errors import StoreError
 from bitinglip.readable import error_line
 from bitinglip.tui.backend import Backend

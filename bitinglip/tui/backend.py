@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from bitinglip.config import Profile
-from bitinglip.control import data_dir
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.store import data_dir
 
 T = TypeVar("T")
 

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bitinglip.control.local import LocalTransport
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.views import Task
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.transport.local import LocalTransport
 
 T = TypeVar("T")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.tasks import TaskQueue, TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec, TaskState
+from bitinglip.control.runtime.loop import ControlLoop
 from bitinglip.errors import InputError, StaleLeaseError
 from tests.agents import gguf_corpus as corpus
 from tests.agents.conftest import (

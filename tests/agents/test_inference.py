@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile, parse_profile
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.tasks import TERMINAL, TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TERMINAL, TaskSpec, TaskState
+from bitinglip.control.runtime.loop import ControlLoop
 from tests.agents.conftest import (
     INFER_ENV,
     agent_pid,

@@ -21,8 +21,8 @@ import pytest
 from bitinglip_agent import protocol
 from bitinglip_agent.protocol import FROM_AGENT, Parts, ProtocolError
 
-from bitinglip.control.local import LocalTransport
-from bitinglip.control.sessions import AgentSession, Incoming
+from bitinglip.control.transport.local import LocalTransport
+from bitinglip.control.transport.sessions import AgentSession, Incoming
 
 ANSWER_S = 60.0  # generous: a loaded 2-core machine; a run left in flight never answers
 

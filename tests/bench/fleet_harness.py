@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests` as a package
 
 from bitinglip.config import HostConfig, Profile, load_profile
-from bitinglip.control import bootstrap, ssh
+from bitinglip.control.transport import bootstrap, ssh
 from tests.ssh.sshd import (
     FAST_CONTROL,
     ClientKeys,

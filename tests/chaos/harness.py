@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bitinglip.control.db import Store
-from bitinglip.control.tasks import TERMINAL, TaskState
+from bitinglip.control.queue.tasks import TERMINAL, TaskState
+from bitinglip.control.store.db import Store
 
 ROLES = Path(__file__).with_name("roles.py")
 STATES = frozenset(s.value for s in TaskState)

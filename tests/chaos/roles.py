@@ -27,9 +27,9 @@ from collections import Counter
 from pathlib import Path
 
 from bitinglip.config import QueueConfig, load_profile
-from bitinglip.control.db import open_store
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store.db import open_store
 from bitinglip.errors import BitinglipError, StaleLeaseError
 
 # The crash test's workload: every twentieth task is pinned to host "b"; only the runner

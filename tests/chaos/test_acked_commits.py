@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bitinglip.control.db import open_store
+from bitinglip.control.store.db import open_store
 
 from .harness import Child, storage_problems
 

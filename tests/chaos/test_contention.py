@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from bitinglip.config import QueueConfig
-from bitinglip.control.db import open_store
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store.db import open_store
 
 from .harness import Child, queue_problems, rows
 

@@ -28,8 +28,8 @@ from typing import NamedTuple
 
 import pytest
 
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.tasks import TERMINAL
+from bitinglip.control.queue.tasks import TERMINAL
+from bitinglip.control.store.db import Store, open_store
 
 from .harness import Child, Row, events, queue_problems, rows
 from .roles import RUNNER_HOST, crash_spec

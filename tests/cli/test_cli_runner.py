@@ -24,7 +24,7 @@ from bitinglip import __version__
 from bitinglip.cli import app
 from bitinglip.config import load_profile
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TERMINAL
+from bitinglip.control.queue.tasks import TERMINAL
 from tests.cli.conftest import MODEL, NOWHERE, NOWHERE_LABELS, Cli, stderr_lines, write_jsonl
 
 STATES = ["queued", "running", "succeeded", "failed", "canceled", "dead"]

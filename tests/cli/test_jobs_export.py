@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bitinglip.config import load_profile
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
 from tests.cli.conftest import Cli, Proc, write_jsonl
 
 

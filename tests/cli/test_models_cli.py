@@ -13,10 +13,10 @@ import pytest
 
 from bitinglip.cli import app
 from bitinglip.cli import models as models_cli
-from bitinglip.control import hub as hf
-from bitinglip.control import registry
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.hub import HubFile
+from bitinglip.control.models import hub as hf
+from bitinglip.control.models import registry
+from bitinglip.control.models.hub import HubFile
+from bitinglip.control.store.db import Store, open_store
 from bitinglip.readable import human_size
 from tests.cli.conftest import Cli, Proc, stderr_lines
 from tests.hub.conftest import hub  # noqa: F401

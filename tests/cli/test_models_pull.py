@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from bitinglip.config import load_profile, parse_profile
-from bitinglip.control import registry
-from bitinglip.control.db import open_store
+from bitinglip.control.fleet.telemetry_ring import TelemetryRing
+from bitinglip.control.models import registry
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.telemetry_ring import TelemetryRing
+from bitinglip.control.store.db import open_store
 from bitinglip.errors import InputError
 from tests.agents.conftest import passive_openmp, wait_for  # noqa: F401
 from tests.cli.conftest import Cli

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 
 from bitinglip.config import Profile
-from bitinglip.control import controller
-from bitinglip.control.db import open_store
-from bitinglip.control.doorbell import Doorbell, ring
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
+from bitinglip.control.runtime import controller
+from bitinglip.control.runtime.doorbell import Doorbell, ring
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.store.db import open_store
 
 
 def test_one_controller_at_a_time_and_takeover_on_expiry(profile: Profile) -> None:

@@ -14,9 +14,9 @@ import gguf
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control import gguf_header
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.fit import (
+from bitinglip.control.fleet.telemetry_ring import TelemetryRing, latest
+from bitinglip.control.models import gguf_header
+from bitinglip.control.models.fit import (
     GIB,
     Device,
     Fit,
@@ -27,7 +27,7 @@ from bitinglip.control.fit import (
     plan,
     read_header,
 )
-from bitinglip.control.telemetry_ring import TelemetryRing, latest
+from bitinglip.control.store.db import Store, open_store
 from bitinglip.errors import InputError
 from tests.control.gguf_model import Spec, Written, tensors, write_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bitinglip.control.gguf_header import FIRST_READ, read_header
+from bitinglip.control.models.gguf_header import FIRST_READ, read_header
 from bitinglip.errors import InputError
 from tests.agents import gguf_corpus as corpus
 

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control import schema
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.hosts import (
+from bitinglip.control.fleet.hosts import (
     BAD,
     GIB,
     OK,
@@ -26,8 +24,10 @@ from bitinglip.control.hosts import (
     load_hosts,
     save,
 )
-from bitinglip.control.tasks import TaskQueue, TaskSpec
-from bitinglip.control.telemetry_ring import TelemetryRing
+from bitinglip.control.fleet.telemetry_ring import TelemetryRing
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store import schema
+from bitinglip.control.store.db import Store, open_store
 from bitinglip.errors import ConfigError
 
 NOW = 1_700_000_000.0

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from bitinglip.control import jobs
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue import jobs
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.errors import InputError
 from tests.conftest import NOWHERE
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control.db import BUSY_TIMEOUT_MS
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.store.db import BUSY_TIMEOUT_MS
 from tests.agents.conftest import INFER_ENV, wait_for
 from tests.cli.conftest import Proc, Up, hermetic_env, stderr_lines
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control import task_views
-from bitinglip.control.db import open_store
-from bitinglip.control.tasks import MOVES, TaskQueue, TaskSpec, TaskState
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.tasks import MOVES, TaskQueue, TaskSpec, TaskState
+from bitinglip.control.store.db import open_store
 from bitinglip.errors import InputError, StaleLeaseError
 
 

@@ -8,11 +8,13 @@ from collections.abc import Callable
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control import registry, schema, task_views
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.hub import HubFile
-from bitinglip.control.registry import eviction_order, set_host_state
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.models import registry
+from bitinglip.control.models.hub import HubFile
+from bitinglip.control.models.registry import eviction_order, set_host_state
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store import schema
+from bitinglip.control.store.db import Store, open_store
 from bitinglip.errors import InputError, NotFoundError, StateError
 
 OLD, NEW = "a" * 40, "b" * 40

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control.db import APPLICATION_ID, open_store
-from bitinglip.control.schema import MIGRATIONS
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store.db import APPLICATION_ID, open_store
+from bitinglip.control.store.schema import MIGRATIONS
 from bitinglip.errors import StoreError
 
 

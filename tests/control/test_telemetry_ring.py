@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control.db import Store, open_store
-from bitinglip.control.telemetry_ring import (
+from bitinglip.control.fleet.telemetry_ring import (
     GIB,
     HOST_ROW,
     GpuSample,
@@ -21,6 +20,7 @@ from bitinglip.control.telemetry_ring import (
     gpu_table,
     latest,
 )
+from bitinglip.control.store.db import Store, open_store
 from bitinglip.errors import ConfigError
 
 T0 = 1_700_000_000.0

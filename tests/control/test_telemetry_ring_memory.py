@@ -8,8 +8,8 @@ import _sqlite3
 import ctypes
 
 from bitinglip.bench.fleet_telemetry import host_snapshot
+from bitinglip.control.fleet.telemetry_ring import SHRINK_EVERY, TelemetryRing
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.telemetry_ring import SHRINK_EVERY, TelemetryRing
 
 T0 = 1_800_000_000.0
 HOSTS = [f"gpu-{i:02d}" for i in range(64)]

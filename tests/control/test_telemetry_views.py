@@ -4,9 +4,9 @@ utilisation, read from a real ring (including one that wraps around)."""
 from __future__ import annotations
 
 from bitinglip.bench.fleet_telemetry import FleetWriter, gpu_snapshot, host_snapshot
+from bitinglip.control.fleet.telemetry_ring import HOST_ROW, TelemetryRing
+from bitinglip.control.fleet.telemetry_views import FleetReader
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.telemetry_ring import HOST_ROW, TelemetryRing
-from bitinglip.control.telemetry_views import FleetReader
 
 T0 = 1_800_000_000.0
 HOSTS = ["gpu-a", "gpu-b"]

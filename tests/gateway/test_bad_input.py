@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.gateway.server import Served
 from tests.conftest import NOWHERE
 from tests.gateway.conftest import MODEL, assert_error_object, client, needs_model, request

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskState
+from bitinglip.control.queue.tasks import TaskState
 from bitinglip.gateway.server import Served
 from tests.gateway.conftest import MODEL, client, needs_model
 

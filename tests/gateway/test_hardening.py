@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.tasks import TaskState
+from bitinglip.control.queue.tasks import TaskState
 from bitinglip.gateway.server import Served
 from tests.gateway.conftest import (
     KEY,

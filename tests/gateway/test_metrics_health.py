@@ -9,7 +9,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.gateway.server import Served
 from tests.conftest import NOWHERE
 from tests.gateway.conftest import KEY, MODEL, client, needs_model, request

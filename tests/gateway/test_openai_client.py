@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskState
+from bitinglip.control.queue.tasks import TaskState
 from bitinglip.gateway.server import Served
 from tests.gateway.conftest import KEY, MODEL, client, needs_model
 

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from bitinglip.cli import app
 from bitinglip.config import load_profile
-from bitinglip.control import hub as hub_client
-from bitinglip.control.db import open_store
-from bitinglip.control.telemetry_ring import GIB, TelemetryRing
+from bitinglip.control.fleet.telemetry_ring import GIB, TelemetryRing
+from bitinglip.control.models import hub as hub_client
+from bitinglip.control.store.db import open_store
 from tests.control.gguf_model import Spec, write_model
 from tests.hub.server import Hub
 

@@ -1,4 +1,4 @@
-"""`bitinglip.control.hub` against the fake hub: refs pinned to commits, errors in one line."""
+"""`control.models.hub` against the fake hub: refs pinned to commits, errors in one line."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bitinglip.control import hub as hf
-from bitinglip.control import registry
-from bitinglip.control.db import open_store
+from bitinglip.control.models import hub as hf
+from bitinglip.control.models import registry
+from bitinglip.control.store.db import open_store
 from bitinglip.errors import HubError, InputError, NotFoundError
 from tests.hub.gguf_files import tiny_gguf
 from tests.hub.server import Hub
@@ -282,7 +282,7 @@ def test_parse_quant(name: str, quant: str | None) -> None:
 
 def test_the_cli_and_the_control_plane_do_not_load_huggingface_hub() -> None:
     code = (
-        "import sys, bitinglip.cli, bitinglip.control.plane, bitinglip.control.registry;"
+        "import sys, bitinglip.cli, bitinglip.control.plane, bitinglip.control.models.registry;"
         "print('huggingface_hub' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

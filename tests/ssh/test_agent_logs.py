@@ -1,4 +1,4 @@
-"""An SSH host's own agent log, read over SSH (`bitinglip.control.agent_logs`), and shown by
+"""An SSH host's own agent log, read over SSH (`bitinglip.control.fleet.logs`), and shown by
 the console's Logs view with a `host:NAME` filter."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bitinglip.control import agent_logs
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.fleet import logs as agent_logs
+from bitinglip.control.queue.tasks import TaskSpec
 from bitinglip.errors import InputError, SshError
 from tests.ssh.conftest import ProfileText, SshdFactory
 from tests.ssh.test_fleet import attached, fleet_profile, running, trust

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control import bootstrap
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.transport import bootstrap
 from tests.ssh.conftest import ProfileText
 from tests.ssh.sshd import SshdHost
 from tests.ssh.test_fleet import attached, fleet_profile, trust

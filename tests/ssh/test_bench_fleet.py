@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bitinglip.bench import fleet
 from bitinglip.cli import app
-from bitinglip.control import ssh
+from bitinglip.control.transport import ssh
 from tests.ssh.conftest import ProfileText, SshdFactory
 
 pytestmark = pytest.mark.slow

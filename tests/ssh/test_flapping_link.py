@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from bitinglip.config import parse_profile
-from bitinglip.control import ssh
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.transport import ssh
 from tests.agents.conftest import wait_for
 from tests.ssh.conftest import ProfileText, SshdFactory
 from tests.ssh.sshd import ADDRESS, SshdHost

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile, parse_profile
-from bitinglip.control import ssh
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.remote import RemoteTransport
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.transport import ssh
+from bitinglip.control.transport.remote import RemoteTransport
 from bitinglip.errors import SshError
 from tests.agents.conftest import INFER_ENV, wait_for
 from tests.ssh.conftest import ProfileText
@@ -252,7 +252,7 @@ def test_hf_token_reaches_the_agent_but_never_argv_or_logs(
     host = sshd_factory("gpu-1")
     trust(host)
     profile = fleet_profile(tmp_path, ssh_profile([host]))
-    from bitinglip.control.bootstrap import local_bundle
+    from bitinglip.control.transport.bootstrap import local_bundle
 
     lines: list[bytes] = []
     transport = RemoteTransport(profile, profile.hosts[0], local_bundle(profile))

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from bitinglip.config import Profile
-from bitinglip.control import bootstrap
-from bitinglip.control.loop import ControlLoop
 from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.queue.views import Task
+from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control.transport import bootstrap
 from tests.agents.conftest import INFER_ENV, wait_for
 from tests.ssh.conftest import ProfileText, SshdFactory
 from tests.ssh.test_fleet import attached, claims, model_fleet, short_generate
@@ -147,7 +147,7 @@ def test_a_100mb_line_neither_stalls_the_other_host_nor_grows_memory(
 ) -> None:
     for name, value in INFER_ENV.items():
         monkeypatch.setenv(name, value)
-    caplog.set_level(logging.WARNING, logger="bitinglip.control.scheduler")
+    caplog.set_level(logging.WARNING, logger="bitinglip.control.runtime.dispatcher")
     hosts = [sshd_factory("bad"), sshd_factory("good")]
     profile = model_fleet(tmp_path, hosts, ssh_profile(hosts), demo_model)
     with hostile_agent(profile) as fake, control(profile) as (plane, loop):

@@ -20,10 +20,10 @@ from bitinglip.cli import app
 from bitinglip.cli import hosts as hosts_cli
 from bitinglip.config import Profile, load_profile
 from bitinglip.config_files import user_config_dir
-from bitinglip.control import ssh
-from bitinglip.control.hosts import GIB, HealthTracker, HostObservation, save
+from bitinglip.control.fleet.hosts import GIB, HealthTracker, HostObservation, save
+from bitinglip.control.fleet.telemetry_ring import TelemetryRing
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.telemetry_ring import TelemetryRing
+from bitinglip.control.transport import ssh
 from tests.cli.conftest import Cli, Proc, stderr_lines
 from tests.ssh.conftest import ProfileText, SshdFactory
 from tests.ssh.sshd import ClientKeys, SshdHost, free_port, ssh_profile_text

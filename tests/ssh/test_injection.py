@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bitinglip.config import parse_profile
-from bitinglip.control import bootstrap, ssh
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.transport import bootstrap, ssh
 from bitinglip.errors import ConfigError, SshError
 from tests.ssh.conftest import ProfileText
 from tests.ssh.sshd import SshdHost

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from bitinglip.config import parse_profile
-from bitinglip.control import registry
+from bitinglip.control.models import registry
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
 from bitinglip.errors import HubError
 from tests.agents.conftest import wait_for
 from tests.hub.conftest import hub  # noqa: F401

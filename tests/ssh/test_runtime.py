@@ -12,7 +12,7 @@ import pytest
 
 from bitinglip.config import parse_profile
 from bitinglip.control.plane import open_control_plane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
 from tests.cli.conftest import Proc
 from tests.ssh.conftest import ProfileText, SshdFactory
 from tests.ssh.test_fleet import place_model, trust

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bitinglip.control.db import open_store
+from bitinglip.control.store.db import open_store
 from bitinglip.errors import StoreError
 from tests.cli.conftest import COMMAND, hermetic_env
 

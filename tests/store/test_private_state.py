@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bitinglip.config import QueueConfig
-from bitinglip.control.db import open_store
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store.db import open_store
 from tests.cli.conftest import COMMAND, hermetic_env
 
 WARNING = "bitinglip: warning: the data dir"
@@ -114,7 +114,7 @@ def test_a_data_dir_first_made_for_the_agent_bundle_is_0700(tmp_path: Path) -> N
     """`hosts check` builds the agent zipapp before it opens any database: the data dir it
     makes on the way is private too (it was 0755 under umask 022)."""
     from bitinglip.config import load_profile
-    from bitinglip.control import bootstrap
+    from bitinglip.control.transport import bootstrap
 
     data = tmp_path / "data"
     profile = load_profile(None, data_dir=str(data))

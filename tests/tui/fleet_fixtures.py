@@ -14,12 +14,13 @@ import asyncssh
 
 from bitinglip.bench.fleet_telemetry import FleetWriter
 from bitinglip.config import HostConfig
-from bitinglip.control import hosts, registry
-from bitinglip.control.hub_refs import HubFile
+from bitinglip.control.fleet import hosts
+from bitinglip.control.models import registry
+from bitinglip.control.models.refs import HubFile
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.ssh.failures import explain
-from bitinglip.control.ssh.trust import KeyCheck
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.transport.ssh.failures import explain
+from bitinglip.control.transport.ssh.trust import KeyCheck
 
 NOW = 1_800_000_000.0
 HISTORY_S = 60

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
 from tests.conftest import NOWHERE
 
 T0 = 1_700_000_000.0

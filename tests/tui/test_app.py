@@ -13,9 +13,9 @@ import pytest
 from textual.widgets import Input, Static
 
 from bitinglip.config import Profile
-from bitinglip.control import controller
-from bitinglip.control.db import open_store
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control.runtime import controller
+from bitinglip.control.store.db import open_store
 from bitinglip.tui.app import ConfirmScreen, ConsoleApp, HelpScreen
 from tests.conftest import NOWHERE
 
@@ -190,8 +190,12 @@ async def test_logs_follow_the_control_plane_and_filter(console: Any) -> None:
     import logging
 
     async with console(start="logs") as c:
-        logging.getLogger("bitinglip.control.local").warning("agent local: disk is nearly full")
-        logging.getLogger("bitinglip.control.remote").info("ssh gpu-a: reconnecting in 1.00s")
+        logging.getLogger("bitinglip.control.transport.local").warning(
+            "agent local: disk is nearly full"
+        )
+        logging.getLogger("bitinglip.control.transport.remote").info(
+            "ssh gpu-a: reconnecting in 1.00s"
+        )
         await c.refreshed("logs")
         text = c.app.query_one("#logs-text").lines
         assert any("disk is nearly full" in line for line in text)

@@ -12,8 +12,8 @@ from typing import Any
 
 from bitinglip.bench.fleet_telemetry import FleetWriter, gpu_snapshot
 from bitinglip.config import Profile
-from bitinglip.control.hosts import load_hosts
-from bitinglip.control.tasks import TaskSpec, TaskState
+from bitinglip.control.fleet.hosts import load_hosts
+from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.tui.app import ConsoleApp
 from bitinglip.tui.views.host_paint import INDENT, Columns
 from bitinglip.tui.views.host_rows import HostRow

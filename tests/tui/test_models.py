@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Static
 
-from bitinglip.control import registry
+from bitinglip.control.models import registry
 from bitinglip.control.plane import ControlPlane
 from bitinglip.readable import human_size
 from bitinglip.tui.app import ConfirmScreen, ConsoleApp
@@ -123,7 +123,7 @@ async def test_lists_registry_rows_and_the_profile_aliases(console: Any, hub: Hu
 async def _resolve(ref: str) -> Any:
     import asyncio
 
-    from bitinglip.control import hub as hub_client
+    from bitinglip.control.models import hub as hub_client
 
     return await asyncio.to_thread(hub_client.resolve, ref)
 

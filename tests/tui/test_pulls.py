@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import DataTable, Static
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskState
+from bitinglip.control.queue.tasks import TaskState
 from bitinglip.tui.app import ConfirmScreen
 from bitinglip.tui.views.pulls import PullRow, PullsView
 from bitinglip.tui.views.task_detail import TaskScreen

@@ -16,10 +16,10 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from bitinglip.config import Profile
-from bitinglip.control import registry
-from bitinglip.control.db import Store
-from bitinglip.control.hub_refs import HubFile
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.models import registry
+from bitinglip.control.models.refs import HubFile
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
+from bitinglip.control.store.db import Store
 from bitinglip.tui.app import ConsoleApp
 from bitinglip.tui.backend import Backend
 from tests.conftest import FAST_QUEUE

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import Static
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TERMINAL, TaskSpec, TaskState
+from bitinglip.control.queue.tasks import TERMINAL, TaskSpec, TaskState
 from bitinglip.tui.app import ConfirmScreen, ConsoleApp
 from bitinglip.tui.views.task_detail import TaskScreen
 from bitinglip.tui.views.tasks import TasksView

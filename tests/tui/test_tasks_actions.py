@@ -13,7 +13,7 @@ from typing import Any
 from textual.widgets import Input, Select
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
 from bitinglip.tui.app import ConfirmScreen, ConsoleApp
 from bitinglip.tui.forms import SubmitForm, ValueForm
 from bitinglip.tui.views.task_detail import TaskScreen

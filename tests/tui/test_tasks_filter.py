@@ -1,4 +1,4 @@
-"""The Tasks view's filter language and page query (`bitinglip.control.task_filter`), on a real
+"""The Tasks view's filter language and page query (`bitinglip.control.queue.filter`), on a real
 state database: words, quotes, negation, literal `%` and `_`, wrong words, sorts, counts."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.task_filter import SORTS, page, parse_filter
-from bitinglip.control.tasks import TaskQueue, TaskSpec
+from bitinglip.control.queue.filter import SORTS, page, parse_filter
+from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
 from bitinglip.errors import InputError
 from tests.conftest import NOWHERE
 

@@ -16,8 +16,8 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
+from bitinglip.control.fleet.telemetry_views import FleetReader
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.telemetry_views import FleetReader
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.host_paint import Columns, header, paint_gpu
 from bitinglip.tui.views.host_rows import GpuRow, gpu_fields, gpu_rows, matches

@@ -20,8 +20,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from bitinglip.config import HostConfig
-from bitinglip.control import host_views
-from bitinglip.control.hosts import load_hosts
+from bitinglip.control.fleet import views as host_views
+from bitinglip.control.fleet.hosts import load_hosts
 from bitinglip.control.plane import ControlPlane
 from bitinglip.readable import age
 from bitinglip.tui.views.host_rows import GpuRow, gpu_rows, verdict

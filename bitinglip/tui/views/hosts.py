@@ -18,9 +18,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from bitinglip.control.hosts import load_hosts
+from bitinglip.control.fleet.hosts import load_hosts
+from bitinglip.control.fleet.telemetry_views import FleetReader
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.telemetry_views import FleetReader
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.host_paint import INDENT, Columns, header, paint_host
 from bitinglip.tui.views.host_rows import HostRow, host_fields, host_rows, matches

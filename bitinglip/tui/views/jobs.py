@@ -18,10 +18,10 @@ from textual.app import ComposeResult
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
-from bitinglip.control import atomic_file
-from bitinglip.control.job_pace import JobPace, job_paces
-from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
+from bitinglip.control.queue.jobs import Job
+from bitinglip.control.queue.pace import JobPace, job_paces
+from bitinglip.control.store import atomic_file
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, error_line
 from bitinglip.tui.forms import ValueForm

@@ -16,7 +16,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.widgets import Log, Static
 
-from bitinglip.control import agent_logs
+from bitinglip.control.fleet import logs as agent_logs
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
 from bitinglip.tui.backend import LogLine

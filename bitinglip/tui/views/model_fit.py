@@ -19,9 +19,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
-from bitinglip.control import fit, hub
+from bitinglip.control.fleet.telemetry_ring import latest
+from bitinglip.control.models import fit, hub
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.telemetry_ring import latest
 from bitinglip.errors import BitinglipError, NotFoundError
 from bitinglip.readable import error_line
 from bitinglip.tui.views.model_search import dialog_css

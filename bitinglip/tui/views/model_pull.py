@@ -20,9 +20,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Select, Static
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control import fit, hub, pulls
-from bitinglip.control import models as local_models
-from bitinglip.control.hub_refs import HubFile
+from bitinglip.control.models import aliases as local_models
+from bitinglip.control.models import fit, hub, pulls
+from bitinglip.control.models.refs import HubFile
 from bitinglip.control.plane import ControlPlane
 from bitinglip.readable import human_size
 from bitinglip.tui.backend import Backend

@@ -16,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from bitinglip.control import registry
+from bitinglip.control.models import registry
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError, NotFoundError, StateError
 from bitinglip.tui.views.model_search import dialog_css

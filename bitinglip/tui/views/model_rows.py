@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bitinglip.config import ModelAlias
-from bitinglip.control import models as local_models
-from bitinglip.control import registry
-from bitinglip.control.hub_refs import parse_quant
+from bitinglip.control.models import aliases as local_models
+from bitinglip.control.models import registry
+from bitinglip.control.models.refs import parse_quant
 from bitinglip.control.plane import ControlPlane
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, human_size

@@ -16,8 +16,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
-from bitinglip.control import hub
-from bitinglip.control.hub_refs import RepoSummary
+from bitinglip.control.models import hub
+from bitinglip.control.models.refs import RepoSummary
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import error_line
 

@@ -15,10 +15,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from bitinglip.control import task_views
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TERMINAL, TaskState
+from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.tasks import TERMINAL, TaskState
+from bitinglip.control.queue.views import Task
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, error_line, human_size
 from bitinglip.tui.views.base import View

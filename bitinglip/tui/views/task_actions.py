@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from textual.dom import DOMNode
 
-from bitinglip.control import models, registry
-from bitinglip.control.jobs import Job
+from bitinglip.control.models import aliases as models
+from bitinglip.control.models import registry
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.tasks import TaskSpec
+from bitinglip.control.queue.jobs import Job
+from bitinglip.control.queue.tasks import TaskSpec
 from bitinglip.errors import BitinglipError, InputError
 from bitinglip.readable import error_line
 from bitinglip.tui.forms import SubmitForm, ValueForm

@@ -18,9 +18,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.task_follow import FollowMark, FollowStep, follow_step
-from bitinglip.control.task_views import Task
-from bitinglip.control.tasks import TERMINAL
+from bitinglip.control.queue.follow import FollowMark, FollowStep, follow_step
+from bitinglip.control.queue.tasks import TERMINAL
+from bitinglip.control.queue.views import Task
 from bitinglip.errors import NotFoundError
 from bitinglip.readable import age
 from bitinglip.tui.views.base import MUTATING

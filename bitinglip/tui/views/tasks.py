@@ -5,7 +5,7 @@ one snapshot; `show` lays out only the rows whose cells changed and hands the li
 order (`task_table.TaskList` draws each row once per change), so a refresh costs what changed,
 and the cursor stays on the same task.
 
-`/` filters (see `bitinglip.control.task_filter`): free text, `state:`, `kind:`, `host:`,
+`/` filters (see `bitinglip.control.queue.filter`): free text, `state:`, `kind:`, `host:`,
 `model:`, `job:`, `-` negates, words are AND-ed. `sort` cycles the sort column (a header click
 picks one; clicking it again reverses). Enter opens the task; cancel, retry, priority act on the
 task under the cursor; submit opens the submit form; batch queues a JSONL file as a job.
@@ -21,10 +21,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from bitinglip.control import task_filter
-from bitinglip.control.jobs import Job
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.task_filter import SORTS, TaskFilter, TaskPage, TaskRow
+from bitinglip.control.queue import filter as task_filter
+from bitinglip.control.queue.filter import SORTS, TaskFilter, TaskPage, TaskRow
+from bitinglip.control.queue.jobs import Job
 from bitinglip.errors import InputError
 from bitinglip.readable import age
 from bitinglip.tui.views.base import View

@@ -1,0 +1,1 @@
+"""The fleet: host health, checks, the telemetry ring and its views, agent logs."""

@@ -1,0 +1,147 @@
+"""Reading the queue: tasks, their events and output, counts. Read-only; any thread's Store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bitinglip.control.queue.tasks import TaskState
+from bitinglip.control.store.db import Store
+from bitinglip.errors import NotFoundError
+
+_COLUMNS = (
+    "id, kind, state, priority, payload, model, host, labels, idempotency_key, job_id, line_no,"
+    " custom_id, attempt, max_attempts, retry_on_error, run_after, lease_owner, lease_token,"
+    " lease_expires_at, ran_on, cancel_requested, result, error, error_kind, created_at,"
+    " started_at, finished_at, progress"
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    kind: str
+    state: TaskState
+    priority: int
+    payload: Any
+    model: str | None
+    host: str | None
+    labels: dict[str, str] | None
+    idempotency_key: str | None
+    job_id: int | None
+    line_no: int | None
+    custom_id: str | None
+    attempt: int
+    max_attempts: int
+    retry_on_error: bool
+    run_after: float
+    lease_owner: str | None
+    lease_token: int
+    lease_expires_at: float | None
+    ran_on: str | None
+    cancel_requested: bool
+    result: Any
+    error: str | None
+    error_kind: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress: Any = None  # the latest progress of a running task (a pull's bytes, rate, ETA)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Task:
+        values = list(row)
+        values[2] = TaskState(values[2])
+        for i in (4, 7, 21, 27):  # payload, labels, result, progress are JSON
+            values[i] = None if values[i] is None else json.loads(values[i])
+        values[14], values[20] = bool(values[14]), bool(values[20])
+        return cls(*values)
+
+    @property
+    def age_s(self) -> float:
+        return time.time() - self.created_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def get_task(store: Store, task_id: int) -> Task:
+    row = store.conn.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no task {task_id}; list tasks with `bitinglip tasks ls`")
+    return Task.from_row(row)
+
+
+def list_tasks(
+    store: Store,
+    *,
+    state: TaskState | None = None,
+    job_id: int | None = None,
+    kinds: Sequence[str] = (),
+    limit: int = 50,
+) -> list[Task]:
+    """Newest first; only tasks of `kinds` when given (e.g. the pulls: "pull", "remove")."""
+    where, args = _filters(state, job_id, kinds)
+    rows = store.conn.execute(
+        f"SELECT {_COLUMNS} FROM tasks {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+    ).fetchall()
+    return [Task.from_row(r) for r in rows]
+
+
+def job_tasks(store: Store, job_id: int) -> list[Task]:
+    """A job's tasks in the order of the lines they came from."""
+    rows = store.conn.execute(
+        f"SELECT {_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY line_no", (job_id,)
+    ).fetchall()
+    return [Task.from_row(r) for r in rows]
+
+
+def counts(store: Store, *, job_id: int | None = None) -> dict[str, int]:
+    """Tasks per state, every state present (zero when none)."""
+    where, args = _filters(None, job_id)
+    found = dict(
+        store.conn.execute(f"SELECT state, count(*) FROM tasks {where} GROUP BY state", args)
+    )
+    return {s.value: int(found.get(s.value, 0)) for s in TaskState}
+
+
+def events(store: Store, task_id: int) -> list[dict[str, Any]]:
+    cur = store.conn.execute(
+        "SELECT at, from_state, to_state, attempt, detail FROM task_events WHERE task_id = ?"
+        " ORDER BY id",
+        (task_id,),
+    )
+    return _dicts(cur)
+
+
+def output(store: Store, task_id: int) -> str:
+    rows = store.conn.execute(
+        "SELECT data FROM task_output WHERE task_id = ? ORDER BY seq", (task_id,)
+    ).fetchall()
+    return "".join(r[0] for r in rows)
+
+
+def _filters(
+    state: TaskState | None, job_id: int | None, kinds: Sequence[str] = ()
+) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if kinds:
+        clauses.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+        args.extend(kinds)
+    if state is not None:
+        clauses.append("state = ?")
+        args.append(state.value)
+    if job_id is not None:
+        clauses.append("job_id = ?")
+        args.append(job_id)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

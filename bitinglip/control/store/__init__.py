@@ -1,0 +1,1 @@
+"""The state: the SQLite store, its schema migrations, the private data dir, atomic files."""

@@ -1,0 +1,1 @@
+"""Talking to agents: the session protocol, the local pipe, SSH connections, bootstrap."""
