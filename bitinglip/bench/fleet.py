@@ -17,9 +17,10 @@ Fleet-wide:
 - `ssh_echo_per_s` and `raw_asyncssh_per_s`: on the first SSH host that is ok, n echo runs
   pipelined through AgentSession + RemoteTransport with at most `window` unanswered, and the same
   n lines through `raw_echo_rate` (bench/echo_rate.py: a bare exec channel to a Python loop
-  doing the agent's JSON work per line), alternating, ROUNDS times each; medians, and `ratio` = ssh / raw. Both top up
-  in one write once `refill` (a quarter of the window) can go: a client that tops up after every
-  answer sends about one SSH packet per line, and that is what it would measure;
+  doing the agent's JSON work per line), alternating, ROUNDS times each; medians, and `ratio` =
+  ssh / raw. Both top up in one write once `refill` (a quarter of the window) can go: a client
+  that tops up after every answer sends about one SSH packet per line, and that is what it would
+  measure;
 - `e2e_per_s`: n echo tasks submitted in one batch into a fresh queue, an embedded control loop
   dispatching them over the hosts that were ok, until every one succeeded (`e2e_hosts_used`:
   how many ran some); before it, `reconnect_ready_ms_p50`: that loop's sessions, start to

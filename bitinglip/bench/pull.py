@@ -59,7 +59,7 @@ def _ours(profile: Profile, ref: str) -> float:
         with open_control_plane(local) as plane, plane.embedded():
             plane.wait(plane.submit(TaskSpec(kind="echo", payload={})), 60)  # the agent is up
             started = time.perf_counter()
-            _, [ticket] = plane.pull(ref)
+            _, [ticket] = plane.models.pull(ref)
             assert ticket.task_id is not None
             task = plane.wait(ticket.task_id, 3600)
             elapsed = time.perf_counter() - started

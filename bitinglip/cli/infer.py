@@ -70,7 +70,7 @@ def _prepare(plane: ControlPlane, model: str, kind: str) -> None:
 
 def _place(plane: ControlPlane, model: str) -> None:
     """A hub alias that no host has yet is pulled first, where it fits, with progress."""
-    placed = plane.place_alias(model)
+    placed = plane.models.place_alias(model)
     if placed is None:
         return
     file, tickets = placed

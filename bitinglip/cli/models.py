@@ -288,7 +288,7 @@ def _remove(plane: ControlPlane, model_id: int, label: str, hosts: list[str], fo
     errors: list[str] = []
     for name in hosts:
         try:
-            path = plane.remove_model_copy(name, model_id)
+            path = plane.models.remove_copy(name, model_id)
         except BitinglipError as exc:
             errors.append(f"{name}: {exc}")
             continue

@@ -55,7 +55,7 @@ def pull(
         _via_operator(ctx, ref, host or (), parse_labels(label), all_hosts, revision, as_json)
         return
     with plane_of(ctx) as plane:
-        file, tickets = plane.pull(
+        file, tickets = plane.models.pull(
             ref,
             hosts=host or (),
             labels=parse_labels(label),
@@ -87,7 +87,7 @@ def _via_operator(
     as_json: bool,
 ) -> None:
     with plane_of(ctx) as plane:
-        file, placed = plane.pull_via_operator(
+        file, placed = plane.models.pull_via_operator(
             ref,
             hosts=hosts,
             labels=labels,
@@ -157,7 +157,8 @@ def _bar(host: str, state: str, progress: Any, size: int) -> str:
 def _outcome(plane: ControlPlane, ticket: Ticket) -> dict[str, Any]:
     row: dict[str, Any] = {"host": ticket.host, "action": ticket.action, "task": ticket.task_id}
     if ticket.task_id is None:
-        return row | {"state": "ready", "path": plane.model_copy_path(ticket.host, ticket.model_id)}
+        path = plane.models.copy_path(ticket.host, ticket.model_id)
+        return row | {"state": "ready", "path": path}
     task = plane.task(ticket.task_id)
     if task.state == TaskState.SUCCEEDED and isinstance(task.result, dict):
         return row | {"state": "ready", "path": task.result.get("path")}

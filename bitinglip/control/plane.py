@@ -1,8 +1,10 @@
-"""The ControlPlane façade: what the CLI, the console and the gateway call.
+"""The ControlPlane: what the CLI, the console, the gateway and the benchmarks call.
 
 `open_control_plane(profile)` opens the profile's state database. Any number of processes may
 open it: they read, submit and cancel. One of them at a time runs the control loop (`bitinglip
 up`, or `embedded()` for the duration of one command), which holds the controller lease.
+Tasks and jobs are its own methods; models are `plane.models` (`ModelDesk`) and hosts and their
+telemetry `plane.fleet` (`FleetDesk`). Front ends import it from `bitinglip.control`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from bitinglip_agent.protocol import MODEL_KINDS
 
 from bitinglip.config import Profile
 from bitinglip.control.models import aliases as models
-from bitinglip.control.plane_models import ModelActions
+from bitinglip.control.plane_fleet import FleetDesk
+from bitinglip.control.plane_models import ModelDesk
+from bitinglip.control.queue import filter as task_filter
 from bitinglip.control.queue import jobs
 from bitinglip.control.queue import views as task_views
+from bitinglip.control.queue.filter import TaskFilter, TaskPage
+from bitinglip.control.queue.follow import FollowMark, FollowStep, follow_step
+from bitinglip.control.queue.pace import JobPace, job_paces
 from bitinglip.control.queue.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
 from bitinglip.control.queue.views import Task
 from bitinglip.control.runtime import controller, doorbell
@@ -31,13 +38,15 @@ from bitinglip.control.store.db import Store, open_store
 from bitinglip.errors import InputError
 
 
-class ControlPlane(ModelActions):
+class ControlPlane:
     """One process's handle on the control plane. Use from one thread (it owns a connection)."""
 
     def __init__(self, profile: Profile, store: Store) -> None:
         self.profile = profile
         self.store = store
         self.queue = TaskQueue(store, profile.queue, on_submit=self._ring)
+        self.models = ModelDesk(profile, store, self.queue)
+        self.fleet = FleetDesk(profile, store)
         self.loop: ControlLoop | None = None
 
     def close(self) -> None:
@@ -94,9 +103,35 @@ class ControlPlane(ModelActions):
         return task_views.get_task(self.store, task_id)
 
     def tasks(
-        self, *, state: TaskState | None = None, job_id: int | None = None, limit: int = 50
+        self,
+        *,
+        state: TaskState | None = None,
+        job_id: int | None = None,
+        kinds: Sequence[str] = (),
+        limit: int = 50,
     ) -> list[Task]:
-        return task_views.list_tasks(self.store, state=state, job_id=job_id, limit=limit)
+        """Newest first; only tasks of `kinds` when given."""
+        return task_views.list_tasks(
+            self.store, state=state, job_id=job_id, kinds=kinds, limit=limit
+        )
+
+    def task_counts(self) -> dict[str, int]:
+        """Tasks by state."""
+        return task_views.counts(self.store)
+
+    def task_page(
+        self, found: TaskFilter, sort: str = "id", descending: bool | None = None, limit: int = 200
+    ) -> TaskPage:
+        """The first `limit` tasks a filter keeps, in `sort` order, with counts (one snapshot)."""
+        return task_filter.page(self.store, found, sort, descending, limit)
+
+    def follow_step(self, task_id: int, mark: FollowMark) -> FollowStep:
+        """What is new about a task since `mark`: its row, events and output."""
+        return follow_step(self.store, task_id, mark)
+
+    def queued_ahead(self, priority: int) -> int:
+        """Queued tasks at `priority` or above: the queue a new task of that priority joins."""
+        return task_views.queued_at_or_above(self.store, priority)
 
     def events(self, task_id: int) -> list[dict[str, Any]]:
         return task_views.events(self.store, task_id)
@@ -112,6 +147,14 @@ class ControlPlane(ModelActions):
 
     def export_job(self, job_id: int) -> Iterator[str]:
         return jobs.export_lines(self.store, job_id)
+
+    def job_paces(self, job_ids: Sequence[int]) -> dict[int, JobPace]:
+        """Throughput and time left of each job (for the Jobs view)."""
+        return job_paces(self.store, job_ids)
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the state database, written atomically."""
+        self.store.backup(dest)
 
     def controller(self) -> controller.ControllerInfo | None:
         return controller.current(self.store)
@@ -153,22 +196,15 @@ class ControlPlane(ModelActions):
         When the task is run again (a retry), its output starts over: `on_rerun` is called and
         the new run's output follows from its start.
         """
-        seq, token = 0, None
+        mark = FollowMark()
         for _ in self._each_change(timeout):
-            task = self.task(task_id)  # before the rows: rows stored with the end are read
-            if token is not None and task.lease_token != token and seq > 0:
-                seq = 0
-                if on_rerun is not None:
-                    on_rerun()
-            token = task.lease_token
-            rows = self.store.conn.execute(
-                "SELECT seq, data FROM task_output WHERE task_id = ? AND seq > ? ORDER BY seq",
-                (task_id, seq),
-            ).fetchall()
-            for row_seq, data in rows:
-                seq = row_seq
-                yield data
-            if task.state in TERMINAL:
+            step = self.follow_step(task_id, mark)
+            if step.restarted and on_rerun is not None:
+                on_rerun()
+            mark = step.mark
+            if step.output:
+                yield step.output
+            if step.task.state in TERMINAL:
                 return
 
     def wait_change(self, timeout: float) -> None:

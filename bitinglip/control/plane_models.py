@@ -1,14 +1,17 @@
-"""The model manager's side of the ControlPlane: pulls (by the hosts' agents, or by this
-machine and pushed), placing a hub alias where it fits, and removing copies."""
+"""The model manager's desk of the ControlPlane (`plane.models`): the registry, pulls (by the
+hosts' agents, or by this machine and pushed), placing a hub alias where it fits, fit planning
+from stored telemetry, and removing copies."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from bitinglip_agent.protocol import unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
+from bitinglip.control.fleet import telemetry_ring
 from bitinglip.control.models import fit, pulls, registry
 from bitinglip.control.models.refs import HubFile
 from bitinglip.control.queue.tasks import TaskQueue
@@ -17,15 +20,35 @@ from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError, NotFoundError, StateError
 
 
-class ModelActions:
-    """Mixed into ControlPlane, which provides these attributes."""
+class ModelDesk:
+    """What front ends do with models; every call reads or writes through the plane's store."""
 
-    profile: Profile
-    store: Store
-    queue: TaskQueue
+    def __init__(self, profile: Profile, store: Store, queue: TaskQueue) -> None:
+        self.profile = profile
+        self._store = store
+        self._queue = queue
 
-    def controller(self) -> controller.ControllerInfo | None:
-        raise NotImplementedError
+    # -- the registry ------------------------------------------------------------------------
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every registered model with its copies (host -> state, path, loaded, ...)."""
+        return registry.rows(self._store, self.profile)
+
+    def get(self, model_id: int) -> dict[str, Any] | None:
+        return registry.get(self._store, model_id, self.profile)
+
+    def find(self, ref_or_alias: str) -> dict[str, Any] | None:
+        """The registered model a ref (`owner/repo[:file]`) or an alias names, or None."""
+        return registry.find(self._store, ref_or_alias, self.profile)
+
+    def unregister(self, model_id: int) -> bool:
+        return registry.unregister(self._store, model_id)
+
+    def devices(self) -> tuple[list[fit.Device], list[str]]:
+        """The GPUs of the profile's hosts from the stored telemetry, and notes on hosts
+        without any."""
+        hosts = [h.name for h in self.profile.hosts]
+        return fit.gpus_from_telemetry(telemetry_ring.latest(self._store), hosts)
 
     def pull(
         self,
@@ -42,7 +65,7 @@ class ModelActions:
         from bitinglip.control.models import hub  # huggingface_hub: only for commands that need it
 
         file = hub.resolve(ref, revision)
-        return file, pulls.plan(self.queue, file, targets)
+        return file, pulls.plan(self._queue, file, targets)
 
     def pull_via_operator(
         self,
@@ -63,10 +86,10 @@ class ModelActions:
         why = unsafe_reason(pulls.dest(file))
         if why is not None:
             raise InputError(f"{file.repo} lists {file.name!r}, whose place {why}; refused")
-        model_id = registry.register(self.store, file)
+        model_id = registry.register(self._store, file)
         local = push.operator_copy(self.profile, file, progress)
         return file, push.push_all(
-            self.store, self.profile, file, model_id, targets, local, progress
+            self._store, self.profile, file, model_id, targets, local, progress
         )
 
     def place_alias(self, name: str, ctx: int = 4096) -> tuple[HubFile, list[pulls.Ticket]] | None:
@@ -78,7 +101,7 @@ class ModelActions:
         if alias is None or not alias.source.startswith("hf:") or not self.profile.hosts:
             return None
         ref = alias.source.removeprefix("hf:") + (f":{alias.file}" if alias.file else "")
-        found = registry.find(self.store, name, self.profile)
+        found = registry.find(self._store, name, self.profile)
         if found is not None and any(
             c["state"] in ("ready", "pulling") for c in found["hosts"].values()
         ):
@@ -88,17 +111,15 @@ class ModelActions:
         file = hub.resolve(ref, alias.revision)
         [need] = fit.needs_for_files([file], hub.read_range, ctx)
         target = self.best_host(file, need, ctx, f"model {name}")
-        return file, pulls.plan(self.queue, file, [target])
+        return file, pulls.plan(self._queue, file, [target])
 
     def best_host(self, file: HubFile, need: fit.Need, ctx: int, what: str) -> HostConfig:
         """The host where `file` (needing `need` with a `ctx`-token context) fits best, from
         the stored telemetry; the local host, else the first, when none is stored. InputError
         (naming `what`) when it fits nowhere. Reads the database only: the caller has read the
         header (`fit.needs_for_files`), so this never waits on the network."""
-        from bitinglip.control.fleet import telemetry_ring
-
         hosts = {h.name: h for h in self.profile.hosts}
-        devices, _ = fit.gpus_from_telemetry(telemetry_ring.latest(self.store), set(hosts))
+        devices, _ = fit.gpus_from_telemetry(telemetry_ring.latest(self._store), set(hosts))
         verdicts = [v for v in fit.plan(need, devices) if v.verdict != fit.Fit.NO]
         if devices and not verdicts:
             raise InputError(
@@ -143,20 +164,20 @@ class ModelActions:
             "--label k=v or --all"
         )
 
-    def model_copy_path(self, host: str, model_id: int) -> str | None:
-        row = self.store.conn.execute(
+    def copy_path(self, host: str, model_id: int) -> str | None:
+        row = self._store.conn.execute(
             "SELECT path FROM host_models WHERE host = ? AND model_id = ?", (host, model_id)
         ).fetchone()
         return None if row is None else row[0]
 
-    def remove_model_copy(self, host: str, model_id: int) -> str | None:
+    def remove_copy(self, host: str, model_id: int) -> str | None:
         """Delete a registered model's copy on `host` and forget it; the path removed, or None.
 
         A copy being pulled is refused (cancel its task first), and so is one a live controller
         has loaded. On the local host the file is deleted here; on an SSH host a `remove` task
         has the host's agent delete it; a host no longer in the profile only loses its record.
         """
-        model = registry.get(self.store, model_id)
+        model = registry.get(self._store, model_id)
         copy = None if model is None else model["hosts"].get(host)
         if model is None or copy is None:
             raise NotFoundError(f"model {model_id} has no copy on host {host}")
@@ -164,12 +185,12 @@ class ModelActions:
         if copy["state"] == registry.PULLING:
             task = f" by task {copy['task_id']}" if copy["task_id"] is not None else ""
             raise StateError(f"{what} is being pulled{task}; cancel its pull first")
-        holder = self.controller()
+        holder = controller.current(self._store)
         if copy["loaded"] and holder is not None and holder.alive:
             raise StateError(f"{what} is loaded; it unloads after 5 idle minutes, retry then")
         kind = next((h.kind for h in self.profile.hosts if h.name == host), None)
         if kind == "ssh":  # the host's agent deletes it: a task, run when it is reachable
-            pulls.remove(self.queue, host, model_id, copy["path"])
+            pulls.remove(self._queue, host, model_id, copy["path"])
             return str(copy["path"])
         path = copy["path"] if kind == "local" else None
         if path is not None:
@@ -177,5 +198,5 @@ class ModelActions:
                 Path(path).unlink(missing_ok=True)
             except OSError as exc:
                 raise StateError(f"{what}: cannot delete {path}: {exc.strerror}") from None
-        registry.forget_host_copy(self.store, host, model_id)
+        registry.forget_host_copy(self._store, host, model_id)
         return path

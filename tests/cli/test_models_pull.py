@@ -65,8 +65,8 @@ def test_a_flipped_bit_is_quarantined_never_ready(cli: Cli, hub: Hub, commit: st
 def test_concurrent_pulls_of_one_file_to_one_host_merge(cli: Cli, commit: str) -> None:
     profile = load_profile(data_dir=cli.data_dir)
     with open_control_plane(profile) as plane:
-        _, first = plane.pull(f"{REPO}:Q8_0")
-        _, second = plane.pull(f"{REPO}:Q8_0")
+        _, first = plane.models.pull(f"{REPO}:Q8_0")
+        _, second = plane.models.pull(f"{REPO}:Q8_0")
     assert [t.action for t in first] == ["queued"]
     assert [t.action for t in second] == ["joined"]
     assert first[0].task_id == second[0].task_id
@@ -140,12 +140,12 @@ def test_an_alias_that_fits_nowhere_is_refused_before_any_byte(
     with open_control_plane(profile) as plane:
         TelemetryRing().record(plane.store, [("gpu-1", snapshot)])
         with pytest.raises(InputError, match="fits on no host"):
-            plane.place_alias("tiny", ctx=131072)
+            plane.models.place_alias("tiny", ctx=131072)
         assert plane.tasks() == []
         gpu["memory_total_bytes"] = 8 << 30
         snapshot["at"] = time.time() + 1
         TelemetryRing().record(plane.store, [("gpu-1", snapshot)])
-        placed = plane.place_alias("tiny", ctx=131072)
+        placed = plane.models.place_alias("tiny", ctx=131072)
     assert placed is not None and [t.host for t in placed[1]] == ["gpu-1"]
     assert not [
         r

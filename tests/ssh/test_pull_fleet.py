@@ -42,7 +42,7 @@ def test_pull_to_two_ssh_hosts_then_place_by_copy(
     profile = parse_profile(text, name="fleet", path=None, data_dir=tmp_path / "data")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     with open_control_plane(profile) as plane, plane.embedded():
-        _, tickets = plane.pull(REPO, hosts=["gpu-1", "gpu-2"])
+        _, tickets = plane.models.pull(REPO, hosts=["gpu-1", "gpu-2"])
         done = [plane.wait(t.task_id, timeout=60) for t in tickets if t.task_id is not None]
         assert [t.state for t in done] == ["succeeded", "succeeded"], [t.error for t in done]
         for host, task in zip(("gpu-1", "gpu-2"), done, strict=True):
@@ -53,7 +53,7 @@ def test_pull_to_two_ssh_hosts_then_place_by_copy(
         assert sorted(registry.ready_on(plane.store, tickets[0].model_id)) == ["gpu-1", "gpu-2"]
         assert not (tmp_path / "remote" / "gpu-3" / "models" / "hf").exists()
         # The alias is on no host: a model task waits, and runs where the pull put it.
-        _, [ticket] = plane.pull("org/gemma-GGUF", hosts=["gpu-3"])
+        _, [ticket] = plane.models.pull("org/gemma-GGUF", hosts=["gpu-3"])
         task_id = plane.submit(
             TaskSpec(
                 kind="generate",
@@ -85,7 +85,7 @@ def test_via_operator_downloads_once_and_pushes_verified(
     hub.add_repo(REPO, {"tiny-Q8_0.gguf": Q8})
     profile = parse_profile(ssh_profile(hosts), name="f", path=None, data_dir=tmp_path / "data")
     with open_control_plane(profile) as plane:
-        file, placed = plane.pull_via_operator(REPO, all_hosts=True)
+        file, placed = plane.models.pull_via_operator(REPO, all_hosts=True)
         assert sorted(registry.ready_on(plane.store, registry.register(plane.store, file))) == [
             "gpu-1",
             "gpu-2",
@@ -112,5 +112,5 @@ def test_via_operator_refuses_a_corrupt_download_and_pushes_nothing(
     hub.fault(REPO, "tiny-Q8_0.gguf", "flip")
     profile = parse_profile(ssh_profile([host]), name="f", path=None, data_dir=tmp_path / "data")
     with open_control_plane(profile) as plane, pytest.raises(HubError, match="sha256"):
-        plane.pull_via_operator(REPO)
+        plane.models.pull_via_operator(REPO)
     assert not (tmp_path / "remote" / "gpu-1" / "models").exists()

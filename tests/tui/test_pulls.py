@@ -41,7 +41,7 @@ def cells(c: Any, task_id: int) -> list[str]:
 
 
 def pull(plane: ControlPlane, ref: str) -> int:
-    _, [ticket] = plane.pull(ref, hosts=["local"])
+    _, [ticket] = plane.models.pull(ref, hosts=["local"])
     assert ticket.task_id is not None
     return ticket.task_id
 

@@ -109,6 +109,14 @@ def counts(store: Store, *, job_id: int | None = None) -> dict[str, int]:
     return {s.value: int(found.get(s.value, 0)) for s in TaskState}
 
 
+def queued_at_or_above(store: Store, priority: int) -> int:
+    """How many queued tasks have `priority` or more."""
+    (found,) = store.conn.execute(
+        "SELECT count(*) FROM tasks WHERE state = 'queued' AND priority >= ?", (priority,)
+    ).fetchone()
+    return int(found)
+
+
 def events(store: Store, task_id: int) -> list[dict[str, Any]]:
     cur = store.conn.execute(
         "SELECT at, from_state, to_state, attempt, detail FROM task_events WHERE task_id = ?"

