@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.plane import open_control_plane
-from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control import TaskSpec, open_control_plane
 
 
 def run(

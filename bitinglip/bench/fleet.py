@@ -49,10 +49,7 @@ from bitinglip_agent import protocol
 
 from bitinglip.bench.host_link import REPLY_TIMEOUT_S, HostFailed, HostLink, one_line, why
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models import aliases as models
-from bitinglip.control.plane import open_control_plane
-from bitinglip.control.queue.states import TaskState
-from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control import TaskSpec, TaskState, check_name, models_dir, open_control_plane
 from bitinglip.control.transport.local import LocalTransport
 from bitinglip.control.transport.sessions import AgentSession, Transport
 from bitinglip.errors import BitinglipError, InputError
@@ -105,7 +102,7 @@ def run(
     if not profile.hosts:
         raise InputError(f"profile {profile.name} has no hosts; add one with `bitinglip hosts add`")
     if model is not None:
-        models.check_name(profile, model)
+        check_name(profile, model)
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as tmp:
         bench = replace(profile, data_dir=Path(tmp))
         links = [HostLink(h, _transport(profile, bench, h)) for h in profile.hosts]
@@ -136,7 +133,7 @@ def _transport(profile: Profile, bench: Profile, host: HostConfig) -> Transport:
         from bitinglip.control.transport.remote import RemoteTransport
 
         return RemoteTransport(bench, host, bootstrap.local_bundle(bench))
-    model_dir = host.model_dir or models.models_dir(profile)  # the real cache, not the temp one
+    model_dir = host.model_dir or models_dir(profile)  # the real cache, not the temp one
     return LocalTransport(host.name, ["--host-name", host.name, "--model-dir", str(model_dir)])
 
 

@@ -11,12 +11,14 @@ on that). For `bitinglip bench tui` and the console's tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from bitinglip.config import Profile
 from bitinglip.control.fleet import hosts
 from bitinglip.control.fleet.telemetry_ring import TelemetryRing
-from bitinglip.control.store.db import Store
+from bitinglip.control.store.db import Store, open_store
 
 GIB = 1 << 30
 GPU_NAME = "NVIDIA H100 80GB HBM3"
@@ -106,6 +108,16 @@ class FleetWriter:
         self.received_at = 0.0
         self.ring = TelemetryRing(clock=lambda: self.received_at)
         self.tracker = hosts.HealthTracker()
+
+    @classmethod
+    @contextmanager
+    def opened(cls, profile: Profile, gpus: int = 8) -> Iterator[FleetWriter]:
+        """A writer for the profile's hosts on a connection of its own, closed after."""
+        store = open_store(profile.db_path, profile.durability)
+        try:
+            yield cls(store, [h.name for h in profile.hosts], gpus)
+        finally:
+            store.close()
 
     def write(self, at: float, received_at: float | None = None) -> None:
         """Every host's snapshot at `at` and its health, in two transactions (as FleetWatch)."""

@@ -29,9 +29,7 @@ from typing import Any
 
 from bitinglip.bench.infer import PROMPTS, Side, _direct, _direct_model
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models.aliases import ensure_local
-from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control import ControlPlane, TaskSpec, ensure_local, open_control_plane
 from bitinglip.errors import InputError
 from bitinglip.gateway.server import Served, running
 

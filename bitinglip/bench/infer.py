@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models.aliases import ensure_local
-from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control import ControlPlane, TaskSpec, ensure_local, open_control_plane
 
 PROMPTS = (
     "Why is the sky blue?",

@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models import fit, hub
-from bitinglip.control.plane import open_control_plane
-from bitinglip.control.queue.tasks import TaskSpec, TaskState
+from bitinglip.control import (
+    HubFile,
+    TaskSpec,
+    TaskState,
+    download_bare,
+    list_gguf,
+    needs_for_files,
+    open_control_plane,
+    read_range,
+    resolve_ref,
+)
 from bitinglip.errors import StateError
 
 MIB = 1 << 20
@@ -31,7 +39,7 @@ def run(
     rounds: int,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    file = hub.resolve(ref)
+    file = resolve_ref(ref)
     ours, bare = [], []
     for round_no in range(rounds):
         progress(f"round {round_no + 1}/{rounds}: {file.name} ({file.size / MIB:.0f} MiB)")
@@ -68,24 +76,24 @@ def _ours(profile: Profile, ref: str) -> float:
     return elapsed
 
 
-def _bare(file: hub.HubFile) -> float:
+def _bare(file: HubFile) -> float:
     with tempfile.TemporaryDirectory(prefix="bl-bench-bare-") as tmp:
         started = time.perf_counter()
-        hub.download_bare(file, tmp)
+        download_bare(file, tmp)
         return time.perf_counter() - started
 
 
 def _fit(repo: str) -> dict[str, Any]:
-    commit, files = hub.list_gguf(repo)
+    commit, files = list_gguf(repo)
     read = [0]
 
     def counted(url: str, start: int, length: int) -> bytes:
-        data = hub.read_range(url, start, length)
+        data = read_range(url, start, length)
         read[0] += len(data)
         return data
 
     started = time.perf_counter()
-    fit.needs_for_files(files, counted, 4096)
+    needs_for_files(files, counted, 4096)
     elapsed = time.perf_counter() - started
     total = sum(f.size for f in files)
     return {

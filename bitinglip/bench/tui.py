@@ -34,9 +34,7 @@ from typing import Any
 
 from bitinglip.bench.fleet_telemetry import FleetWriter
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.plane import open_control_plane
-from bitinglip.control.queue.tasks import TaskSpec
-from bitinglip.control.store.db import open_store
+from bitinglip.control import TaskSpec, open_control_plane
 from bitinglip.tui.app import ConsoleApp
 from bitinglip.tui.backend import Backend
 from bitinglip.tui.views.base import View
@@ -117,8 +115,7 @@ class Writer:
 
     def backfill(self, seconds: int) -> None:
         """`seconds` of history before now, at once (so sparklines start full)."""
-        with open_control_plane(self.profile) as plane:
-            writer = FleetWriter(plane.store, [h.name for h in self.profile.hosts], self.gpus)
+        with FleetWriter.opened(self.profile, self.gpus) as writer:
             now = time.time()
             for back in range(seconds, 0, -1):
                 writer.write(now - back)
@@ -131,17 +128,13 @@ class Writer:
         self._thread.join(10)
 
     def _run(self) -> None:
-        store = open_store(self.profile.db_path, self.profile.durability)
-        try:
-            writer = FleetWriter(store, [h.name for h in self.profile.hosts], self.gpus)
+        with FleetWriter.opened(self.profile, self.gpus) as writer:
             next_at = time.monotonic()
             while not self.stop.is_set():
                 writer.write(time.time())
                 self.writes += 1
                 next_at += 1.0
                 self.stop.wait(max(next_at - time.monotonic(), 0.0))
-        finally:
-            store.close()
 
 
 # -- 1. refresh times --------------------------------------------------------------------------
@@ -230,11 +223,9 @@ async def _idle(profile: Profile, seconds: float) -> dict[str, Any]:
 
 
 async def _until_healthy(backend: Backend, pilot: Any) -> None:
-    from bitinglip.control.fleet.hosts import load_hosts
-
     deadline = time.monotonic() + HEALTHY_WAIT_S
     while time.monotonic() < deadline:
-        rows = await backend.call(lambda plane: load_hosts(plane.store))
+        rows = await backend.call(lambda plane: list(plane.fleet.hosts().values()))
         if rows and all(row["healthy"] for row in rows):
             return
         await pilot.pause(0.2)

@@ -24,7 +24,7 @@ from bitinglip.cli import (
     tasks,
 )
 from bitinglip.cli.common import ErrorsToExit, Options, emit_json, note, plane_of, profile_of, table
-from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control import ControlLoop
 
 app = typer.Typer(
     cls=ErrorsToExit,
@@ -146,7 +146,7 @@ def db_backup(
 ) -> None:
     """Copy the state database with SQLite's online backup API (safe while it is in use)."""
     with plane_of(ctx) as plane:
-        plane.store.backup(path)
+        plane.backup(path)
     note(f"bitinglip: backed up {plane.profile.db_path} to {path}")
 
 

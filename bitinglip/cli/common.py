@@ -19,7 +19,7 @@ from typer._click.exceptions import UsageError  # typer vendors click
 from typer.core import TyperGroup
 
 from bitinglip.config import Profile, load_profile
-from bitinglip.control.plane import ControlPlane, open_control_plane
+from bitinglip.control import ControlPlane, open_control_plane
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age as age
 

@@ -1,6 +1,6 @@
 """`bitinglip hosts`: add, remove, list, trust, set up, check and watch the profile's hosts.
 
-The SSH work lives in `bitinglip.control.fleet.checks` (asyncssh loads only for the commands
+The SSH work is the façade's (`check_host`, `setup_host`, ...) (asyncssh loads only for the commands
 that connect); this module parses, confirms and prints.
 """
 
@@ -20,12 +20,11 @@ import typer
 from bitinglip.cli import hosts_top
 from bitinglip.cli.common import age, emit_json, fail, note, parse_labels, profile_of, table
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.fleet.hosts import load_hosts
-from bitinglip.control.plane import ControlPlane, open_control_plane
+from bitinglip.control import ControlPlane, open_control_plane, record_host_key
 from bitinglip.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from bitinglip.control.fleet.checks import CheckReport
+    from bitinglip.control import CheckReport
 
 app = typer.Typer(help="Hosts: the machines the profile runs work on.", no_args_is_help=True)
 
@@ -68,7 +67,7 @@ def _plane(profile: Profile) -> Iterator[ControlPlane]:
 
 def _stored(profile: Profile) -> dict[str, dict[str, Any]]:
     with _plane(profile) as plane:
-        return {row["name"]: row for row in load_hosts(plane.store)}
+        return plane.fleet.hosts()
 
 
 # -- editing the profile ----------------------------------------------------------------------
@@ -244,14 +243,14 @@ def trust(
 
     A key already on record is left alone; a recorded key that differs is a hard error.
     """
-    from bitinglip.control.fleet import checks as host_check
+    from bitinglip.control import changed_key_error, host_key
 
     host = _ssh_host(profile_of(ctx), name, "trust")
-    key = asyncio.run(host_check.host_key(host))
+    key = asyncio.run(host_key(host))
     typer.echo(f"host         {name} ({key.pattern})")
     typer.echo(f"fingerprint  {key.fingerprint}")
     if key.state == "changed":
-        raise host_check.changed_key_error(host, key)
+        raise changed_key_error(host, key)
     if fingerprint is not None and fingerprint.strip() not in key.fingerprints:
         fail(
             f"host {name} offers {key.fingerprint}, not {fingerprint.strip()}; nothing written. "
@@ -268,7 +267,7 @@ def trust(
             )
         if not typer.confirm("Trust this key?", default=False):
             fail(f"the key of {name} is not trusted; nothing written")
-    path = host_check.record(key)
+    path = record_host_key(key)
     note(f"bitinglip: trusted {key.pattern} {key.fingerprint} in {path}")
 
 
@@ -286,7 +285,7 @@ def setup(
     as_json: JsonOpt = False,
 ) -> None:
     """Put this version's agent on the host (and with --runtime the inference runtime)."""
-    from bitinglip.control.fleet import checks as host_check
+    from bitinglip.control import setup_host
 
     profile = profile_of(ctx)
     host = _ssh_host(profile, name, "setup")
@@ -297,7 +296,7 @@ def setup(
 
     if runtime:
         note(f"bitinglip: {name}: installing the runtime; pip's output follows")
-    report = asyncio.run(host_check.setup(profile, host, runtime=runtime, on_output=progress))
+    report = asyncio.run(setup_host(profile, host, runtime=runtime, on_output=progress))
     data = report.to_dict()
     if as_json:
         emit_json(data)
@@ -316,13 +315,13 @@ def check(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) -> None:
     A running controller is left alone (the agent runs once on a channel of its own). Exit 1
     unless ssh and the agent are ok.
     """
-    from bitinglip.control.fleet import checks as host_check
+    from bitinglip.control import check_host
 
     profile = profile_of(ctx)
     host = _ssh_host(profile, name, "check (the controller runs the local agent)")
-    report = asyncio.run(host_check.check(profile, host))
+    report = asyncio.run(check_host(profile, host))
     with _plane(profile) as plane:
-        stored = host_check.stored_state(plane.store, name)
+        stored = plane.fleet.stored_check(name)
     if as_json:
         emit_json({**report.to_dict(), "stored": stored})
     else:

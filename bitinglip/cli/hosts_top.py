@@ -17,8 +17,7 @@ import typer
 
 from bitinglip.cli.common import age, emit_json, note, profile_of, table
 from bitinglip.config import Profile
-from bitinglip.control.fleet.telemetry_ring import gpu_table, latest
-from bitinglip.control.plane import ControlPlane, open_control_plane
+from bitinglip.control import ControlPlane, gpu_table, open_control_plane
 
 CLEAR_HOME = "\x1b[H\x1b[2J"
 NO_CONTROLLER = "no controller is running (start one with `bitinglip up`); showing what is stored"
@@ -61,7 +60,7 @@ def _frame(
 ) -> dict[str, Any]:
     now = time.time()
     hosts = []
-    for name, snap in latest(plane.store).items():
+    for name, snap in plane.fleet.latest().items():
         at = snap.get("at")
         seconds = None
         if isinstance(at, int | float) and not isinstance(at, bool):

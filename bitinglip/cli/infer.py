@@ -13,9 +13,7 @@ import typer
 
 from bitinglip.cli.common import fail, note, plane_of
 from bitinglip.cli.models_pull import follow_pulls
-from bitinglip.control.models.aliases import check_name, ensure_local
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.tasks import TaskSpec, TaskState
+from bitinglip.control import ControlPlane, TaskSpec, TaskState, check_name, ensure_local
 
 MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
 Temperature = Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic).")]

@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from bitinglip.cli.common import emit_json, fail, note, plane_of, table
-from bitinglip.control.queue.jobs import Job
-from bitinglip.control.store import atomic_file
+from bitinglip.control import Job, write_lines
 
 app = typer.Typer(help="Jobs: a JSONL file of tasks, run as one batch.", no_args_is_help=True)
 
@@ -98,7 +97,7 @@ def export(
             sys.stdout.writelines(line + "\n" for line in lines)
             return
         try:
-            count = atomic_file.write_lines(output, lines)
+            count = write_lines(output, lines)
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}; check the folder and its space")
         except KeyboardInterrupt:

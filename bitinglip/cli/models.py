@@ -1,5 +1,5 @@
 """`bitinglip models`: find GGUF files on the hub, list and inspect registered models, remove
-copies. The work lives in `bitinglip.control.models.hub`, `registry` and `gguf_meta`; this module
+copies. The work is the control plane's (`plane.models`, the hub helpers); this module
 parses, confirms and prints. (`models pull` is added to `app` by its own module.)
 """
 
@@ -16,10 +16,19 @@ import typer
 
 from bitinglip.cli.common import age, emit_json, fail, note, plane_of, profile_of, table
 from bitinglip.config import Profile
-from bitinglip.control.models import aliases as local_models
-from bitinglip.control.models import gguf_meta, hub, registry
-from bitinglip.control.models.gguf_meta import GGUFMeta
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import (
+    ControlPlane,
+    CopyState,
+    GGUFMeta,
+    gguf_meta_of_file,
+    gguf_meta_of_hub_file,
+    hub_file_of_row,
+    list_gguf,
+    resolve_local,
+    resolve_ref,
+    search_hub,
+    split_ref,
+)
 from bitinglip.errors import BitinglipError, NotFoundError, UsageError
 from bitinglip.readable import human_size
 
@@ -60,7 +69,7 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Search the hub ($HF_ENDPOINT) for model repos."""
-    found = hub.search(query, gguf=gguf, sort=sort.value, limit=limit)
+    found = search_hub(query, gguf=gguf, sort=sort.value, limit=limit)
     if as_json:
         emit_json([r.to_dict() for r in found])
         return
@@ -84,8 +93,8 @@ def files(
     as_json: JsonOpt = False,
 ) -> None:
     """A repo's GGUF files at one commit: name, quant, size and LFS sha256."""
-    repo = hub.split_ref(repo)[0]
-    commit, found = hub.list_gguf(repo, revision or "main")
+    repo = split_ref(repo)[0]
+    commit, found = list_gguf(repo, revision or "main")
     if as_json:
         emit_json(
             {
@@ -116,7 +125,7 @@ def files(
 def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Registered models (pinned repo, commit and file) and their copies on each host."""
     with plane_of(ctx) as plane:
-        found = registry.rows(plane.store, plane.profile)
+        found = plane.models.rows()
     if as_json:
         emit_json(found)
         return
@@ -144,11 +153,11 @@ def _copies(model: Mapping[str, Any]) -> str:
     parts = []
     for host, copy in model["hosts"].items():
         state = copy["state"]
-        if state == registry.READY and copy["loaded"]:
+        if state == CopyState.READY and copy["loaded"]:
             state = "loaded"
-        elif state == registry.PULLING and model["size"]:
+        elif state == CopyState.PULLING and model["size"]:
             state = f"pulling {100 * (copy['bytes_done'] or 0) // model['size']}%"
-        elif state == registry.READY and copy["last_used_at"]:
+        elif state == CopyState.READY and copy["last_used_at"]:
             state = f"ready, used {age(now - copy['last_used_at'])} ago"
         parts.append(f"{host}: {state}")
     return "; ".join(parts) or "-"
@@ -199,23 +208,23 @@ def _scaled(count: int) -> str:
 def _inspect(ctx: typer.Context, ref: str, revision: str | None) -> tuple[str, GGUFMeta]:
     path = Path(ref).expanduser()
     if path.is_file():
-        return "file", gguf_meta.read_local(path)
+        return "file", gguf_meta_of_file(path)
     profile = profile_of(ctx)
     alias = profile.models.get(ref)
     if alias is not None and alias.source.startswith("pypi:"):
-        return "file", gguf_meta.read_local(local_models.resolve(profile, ref).path)
+        return "file", gguf_meta_of_file(resolve_local(profile, ref).path)
     if revision is None and (alias is not None or ref.isdigit() or _is_hub_ref(ref)):
         with plane_of(ctx) as plane:
-            row = registry.find(plane.store, ref, profile)
+            row = plane.models.find(ref)
         if row is not None:
             local = _local_copy(profile, row)
             if local is not None:
-                return "local copy", gguf_meta.read_local(local)
-            return "hub", gguf_meta.read_remote(registry.hub_file(row))
+                return "local copy", gguf_meta_of_file(local)
+            return "hub", gguf_meta_of_hub_file(hub_file_of_row(row))
     if alias is not None:
         repo = alias.source.removeprefix("hf:")
         target = f"{repo}:{alias.file}" if alias.file else repo
-        return "hub", gguf_meta.read_remote(hub.resolve(target, alias.revision))
+        return "hub", gguf_meta_of_hub_file(resolve_ref(target, alias.revision))
     if ref.isdigit():
         raise NotFoundError(f"no model {ref} in the registry; `bitinglip models ls` lists them")
     if not _is_hub_ref(ref):
@@ -223,12 +232,12 @@ def _inspect(ctx: typer.Context, ref: str, revision: str | None) -> tuple[str, G
             f"{ref!r} is not a file, an alias of profile {profile.name} "
             f"({', '.join(profile.models) or 'none'}), or a hub reference owner/repo[:FILE|:QUANT]"
         )
-    return "hub", gguf_meta.read_remote(hub.resolve(ref, revision))
+    return "hub", gguf_meta_of_hub_file(resolve_ref(ref, revision))
 
 
 def _is_hub_ref(ref: str) -> bool:
     try:
-        hub.split_ref(ref)
+        split_ref(ref)
     except BitinglipError:
         return False
     return True
@@ -237,7 +246,7 @@ def _is_hub_ref(ref: str) -> bool:
 def _local_copy(profile: Profile, row: Mapping[str, Any]) -> Path | None:
     local_hosts = {h.name for h in profile.hosts if h.kind == "local"}
     for host, copy in row["hosts"].items():
-        if host in local_hosts and copy["state"] == registry.READY and copy["path"]:
+        if host in local_hosts and copy["state"] == CopyState.READY and copy["path"]:
             path = Path(copy["path"])
             if path.is_file():
                 return path
@@ -258,7 +267,7 @@ def rm(
     Without --host, every copy goes and the model leaves the registry.
     """
     with plane_of(ctx) as plane:
-        model = registry.find(plane.store, ref, plane.profile)
+        model = plane.models.find(ref)
         if model is None:
             raise NotFoundError(f"no registered model {ref}; `bitinglip models ls` lists them")
         label = f"{model['repo']}:{model['file']}@{model['commit'][:12]}"
@@ -296,5 +305,5 @@ def _remove(plane: ControlPlane, model_id: int, label: str, hosts: list[str], fo
     if errors:
         fail(f"{len(errors)} of {len(hosts)} copies kept: {'; '.join(errors)}")
     if forget:
-        registry.unregister(plane.store, model_id)
+        plane.models.unregister(model_id)
         note(f"bitinglip: {label} is no longer registered")

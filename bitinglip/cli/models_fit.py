@@ -3,7 +3,7 @@
 The repo's GGUF files are listed at one commit, each file's header is fetched with HTTP range
 requests (8 at a time; no weights), and every quant is judged against each profile host's GPUs
 (or, for a host without GPUs, its RAM) as the stored telemetry last saw them. The arithmetic is
-`bitinglip.control.models.fit`'s.
+the control plane's (`plan_fit`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import emit_json, note, plane_of, table
-from bitinglip.control.fleet.telemetry_ring import latest
-from bitinglip.control.models import fit as fitting
-from bitinglip.control.models import hub
+from bitinglip.control import GIB, Need, Verdict, list_gguf, needs_for_files, plan_fit, read_range
 from bitinglip.errors import NotFoundError
-
-GIB = fitting.GIB
 
 
 def fit(
@@ -44,16 +40,15 @@ def fit(
     telemetry of the profile's hosts. Without telemetry it prints what each quant needs.
     """
     started = time.monotonic()
-    commit, files = hub.list_gguf(repo, revision)
+    commit, files = list_gguf(repo, revision)
     if not files:
         raise NotFoundError(f"{repo}@{commit[:12]} has no .gguf files")
-    needs = sorted(fitting.needs_for_files(files, hub.read_range, ctx_len), key=_smallest_first)
+    needs = sorted(needs_for_files(files, read_range, ctx_len), key=_smallest_first)
     with plane_of(ctx) as plane:
-        snapshots = latest(plane.store)
-        hosts = [h.name for h in plane.profile.hosts]
-    devices, notes = fitting.gpus_from_telemetry(snapshots, hosts)
+        stored = bool(plane.fleet.latest())
+        devices, notes = plane.models.devices()
     margin = int(margin_gib * GIB)
-    verdicts = [v for need in needs for v in fitting.plan(need, devices, margin)]
+    verdicts = [v for need in needs for v in plan_fit(need, devices, margin)]
     read, total = sum(n.bytes_read for n in needs), sum(f.size for f in files)
     if as_json:
         emit_json(_report(repo, commit, ctx_len, margin, needs, verdicts, notes, read, total))
@@ -67,7 +62,7 @@ def fit(
             ["quant", "file", "size GiB", "weights GiB", "kv GiB", "need GiB", "layers"],
             [_need_row(n, margin) for n in needs],
         )
-    if not snapshots:
+    if not stored:
         note("bitinglip: no telemetry stored yet (`bitinglip up` collects it); needs only")
     for line in notes:
         note(f"bitinglip: {line}")
@@ -78,7 +73,7 @@ def fit(
     note(f"read {read:,} of {total:,} bytes ({read / max(total, 1):.2%}) in {seconds:.2f} s")
 
 
-def _smallest_first(need: fitting.Need) -> tuple[int, str]:
+def _smallest_first(need: Need) -> tuple[int, str]:
     return need.file_size, need.file
 
 
@@ -86,13 +81,13 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f}"
 
 
-def _verdict_row(v: fitting.Verdict) -> list[str]:
+def _verdict_row(v: Verdict) -> list[str]:
     layers = "-" if v.gpu is None else f"{v.layers_on_gpu}/{v.layers_total}"
     gpu = "cpu" if v.gpu is None else str(v.gpu)
     return [v.quant, v.host, gpu, v.device, str(v.verdict), layers, _gib(v.need), _gib(v.free)]
 
 
-def _need_row(n: fitting.Need, margin: int) -> list[str]:
+def _need_row(n: Need, margin: int) -> list[str]:
     return [
         n.quant,
         n.file,
@@ -109,8 +104,8 @@ def _report(
     commit: str,
     ctx_len: int,
     margin: int,
-    needs: list[fitting.Need],
-    verdicts: list[fitting.Verdict],
+    needs: list[Need],
+    verdicts: list[Verdict],
     notes: list[str],
     read: int,
     total: int,

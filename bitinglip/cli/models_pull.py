@@ -9,10 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import emit_json, fail, note, parse_labels, plane_of
-from bitinglip.control.models.pulls import Ticket
-from bitinglip.control.models.refs import HubFile
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.tasks import TERMINAL, TaskState
+from bitinglip.control import TERMINAL, ControlPlane, HubFile, TaskState, Ticket
 
 REFRESH_S = 0.5
 

@@ -11,7 +11,7 @@ import typer
 
 from bitinglip.cli.common import fail, note, profile_of
 from bitinglip.config_sections import hash_api_key
-from bitinglip.control.models.aliases import ensure_local
+from bitinglip.control import ensure_local
 from bitinglip.errors import BitinglipError
 
 

@@ -9,10 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import age, emit_json, fail, note, parse_labels, plane_of, table
-from bitinglip.control.models.aliases import ensure_local
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.tasks import KINDS, TaskSpec, TaskState
-from bitinglip.control.queue.views import Task
+from bitinglip.control import KINDS, ControlPlane, Task, TaskSpec, TaskState, ensure_local
 
 app = typer.Typer(help="Tasks: the units of work in the queue.", no_args_is_help=True)
 
