@@ -36,20 +36,16 @@ from bitinglip.config_files import (
     ENV_PROFILE,
     NAME_RULE,
     ProfileRef,
-    Source,
-    Table,
     base_dir,
     default_data_dir,
-    describe,
     expand,
     find_profile,
-    format_key,
     list_profiles,
-    one_line,
     resolve_env,
     user_config_dir,
     valid_name,
 )
+from bitinglip.config_locator import format_key
 from bitinglip.config_sections import (
     DEFAULT_KEYS,
     GATEWAY_KEYS,
@@ -57,6 +53,7 @@ from bitinglip.config_sections import (
     parse_gateway,
     parse_keys,
 )
+from bitinglip.config_tables import Source, Table, describe, one_line
 from bitinglip.errors import ConfigError
 
 __all__ = [

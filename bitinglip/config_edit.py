@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import DEFAULT_PROFILE_TOML, Profile, parse_profile
-from bitinglip.config_files import KeyLocator, KeyPath, describe, user_config_dir
+from bitinglip.config_files import user_config_dir
+from bitinglip.config_locator import KeyLocator, KeyPath
+from bitinglip.config_tables import describe
 from bitinglip.errors import ConfigError
 
 __all__ = ["CREATED_HEADER", "add_host", "remove_host", "render_host"]

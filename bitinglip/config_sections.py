@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from bitinglip.config_files import Table, describe
+from bitinglip.config_tables import Table, describe
 
 # -- [keys] ----------------------------------------------------------------------------------
 

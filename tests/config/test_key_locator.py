@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from bitinglip.config import toml_syntax_error
-from bitinglip.config_files import KeyLocator, KeyPath, format_key
+from bitinglip.config_locator import KeyLocator, KeyPath, format_key
 
 TEXT = '''\
 # a comment with [brackets] and key = "value"
