@@ -55,6 +55,7 @@ from bitinglip.control.plane_fleet import (
     record_host_key,
     setup_host,
 )
+from bitinglip.control.plane_metrics import PlaneMetrics
 from bitinglip.control.plane_models import ModelDesk
 from bitinglip.control.queue.filter import SORTS, TaskFilter, TaskPage, TaskRow
 from bitinglip.control.queue.filter import parse_filter as parse_task_filter
@@ -62,7 +63,9 @@ from bitinglip.control.queue.follow import FollowMark, FollowStep
 from bitinglip.control.queue.jobs import Job
 from bitinglip.control.queue.pace import JobPace
 from bitinglip.control.queue.tasks import KINDS, TERMINAL, TaskSpec, TaskState
+from bitinglip.control.queue.usage import QueueUsage
 from bitinglip.control.queue.views import Task
+from bitinglip.control.queue.watch import WatchMark, WatchStep
 from bitinglip.control.runtime.controller import ControllerInfo
 from bitinglip.control.runtime.loop import ControlLoop
 from bitinglip.control.store.atomic_file import write_lines
@@ -117,6 +120,8 @@ __all__ = [
     "LocalModel",
     "ModelDesk",
     "Need",
+    "PlaneMetrics",
+    "QueueUsage",
     "RepoSummary",
     "SetupReport",
     "Task",
@@ -127,6 +132,8 @@ __all__ = [
     "TaskState",
     "Ticket",
     "Verdict",
+    "WatchMark",
+    "WatchStep",
     "agent_log",
     "changed_key_error",
     "check_host",

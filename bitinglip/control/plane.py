@@ -13,7 +13,7 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from bitinglip_agent.protocol import MODEL_KINDS
 from bitinglip.config import Profile
 from bitinglip.control.models import aliases as models
 from bitinglip.control.plane_fleet import FleetDesk
+from bitinglip.control.plane_metrics import PlaneMetrics, read_metrics
 from bitinglip.control.plane_models import ModelDesk
 from bitinglip.control.queue import filter as task_filter
 from bitinglip.control.queue import jobs
@@ -32,6 +33,7 @@ from bitinglip.control.queue.follow import FollowMark, FollowStep, follow_step
 from bitinglip.control.queue.pace import JobPace, job_paces
 from bitinglip.control.queue.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
 from bitinglip.control.queue.views import Task
+from bitinglip.control.queue.watch import WatchMark, WatchStep, watch_steps
 from bitinglip.control.runtime import controller, doorbell
 from bitinglip.control.runtime.loop import ControlLoop
 from bitinglip.control.store.db import Store, open_store
@@ -132,6 +134,20 @@ class ControlPlane:
     def queued_ahead(self, priority: int) -> int:
         """Queued tasks at `priority` or above: the queue a new task of that priority joins."""
         return task_views.queued_at_or_above(self.store, priority)
+
+    def watch_steps(self, marks: Mapping[int, WatchMark]) -> dict[int, WatchStep]:
+        """What is new about each of many tasks since its mark (output, a restart, the end):
+        one read transaction with a statement for all states and one for all new output."""
+        return watch_steps(self.store, marks)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the database; cheap to poll."""
+        return self.store.data_version()
+
+    def metrics(self, priority: int, window_s: float) -> PlaneMetrics:
+        """The queue (split at `priority`, tokens over the last `window_s`), the controller,
+        the hosts' stored health and latest telemetry: one snapshot, for a metrics scrape."""
+        return read_metrics(self.store, priority, window_s)
 
     def events(self, task_id: int) -> list[dict[str, Any]]:
         return task_views.events(self.store, task_id)

@@ -12,7 +12,7 @@ from bitinglip_agent.protocol import unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.fleet import telemetry_ring
-from bitinglip.control.models import fit, pulls, registry
+from bitinglip.control.models import fit, local_width, pulls, registry
 from bitinglip.control.models.refs import HubFile
 from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.control.runtime import controller
@@ -43,6 +43,11 @@ class ModelDesk:
 
     def unregister(self, model_id: int) -> bool:
         return registry.unregister(self._store, model_id)
+
+    def embedding_width(self, model: str) -> int | None:
+        """The alias's embedding width from the GGUF header of a copy on this machine (a
+        `pypi:` alias's file, a ready copy on a local host), or None when none says it."""
+        return local_width.embedding_width(self._store, self.profile, model)
 
     def devices(self) -> tuple[list[fit.Device], list[str]]:
         """The GPUs of the profile's hosts from the stored telemetry, and notes on hosts

@@ -8,9 +8,10 @@ gateway's database work there:
 - commands from the event loop (`call`): submit, cancel, /metrics, /v1/models, each handing its
   result back to the caller's event loop with `call_soon_threadsafe`;
 - watching every request's task at once: after each commit (the embedded loop's notification,
-  else `PRAGMA data_version` polled like `ControlPlane.follow`), one query for the states of all
-  watched tasks and one per task with new output; chunks and the finished task go to the
-  request's asyncio queue in one hand-over per wake-up. 32 streams cost one thread, not 32;
+  else `ControlPlane.data_version` polled like `ControlPlane.follow`), one read of them all
+  (`ControlPlane.watch_steps`: a statement for the states of all watched tasks and one for the
+  new output of them all); chunks and the finished task go to the request's asyncio queue in
+  one hand-over per wake-up. 32 streams cost one thread, not 32;
 - the /health snapshot, rebuilt every `health_every_s` and served from memory: in full (for a
   caller with an API key) and as the status alone (for anyone else).
 """
@@ -29,12 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bitinglip.config import Profile
-from bitinglip.control.fleet import hosts
-from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.queue import views as task_views
-from bitinglip.control.queue.tasks import TERMINAL
-from bitinglip.control.queue.views import Task
-from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control import ControlLoop, ControlPlane, Task, WatchMark, open_control_plane
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,8 +55,10 @@ class Watch:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event]
     want_output: bool
-    seq: int = 0
-    token: int | None = None
+    mark: WatchMark = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mark = WatchMark(output=self.want_output)
 
     def send(self, event: Event) -> None:
         # RuntimeError: its event loop is closed (the server stopped): nobody waits for it.
@@ -193,7 +191,7 @@ class Bridge:
                 return
             try:
                 if self._watches:
-                    current = plane.store.data_version()
+                    current = plane.data_version()
                     if current != version or commands:
                         version, quiet = current, 0
                         self._scan(plane)
@@ -223,41 +221,16 @@ class Bridge:
                 self._wake.wait(until_health)
 
     def _scan(self, plane: ControlPlane) -> None:
-        """Hand every watched task's new output, and its end, to its request: one query for
-        the states, one for the new output of them all, in one read transaction."""
-        events = {task_id: Event() for task_id in self._watches}
-        ended: list[int] = []
-        with plane.store.read() as conn:
-            marks = ",".join("?" * len(events))
-            states = conn.execute(
-                f"SELECT id, state, lease_token FROM tasks WHERE id IN ({marks})", list(events)
-            ).fetchall()
-            for task_id, state, token in states:
-                watch = self._watches[task_id]
-                if watch.token is not None and token != watch.token and watch.seq > 0:
-                    watch.seq, events[task_id].rerun = 0, True  # a retry: its output restarts
-                watch.token = token
-                if state in TERMINAL:
-                    ended.append(task_id)
-            reading = [(i, w.seq) for i, w in self._watches.items() if w.want_output]
-            if reading:
-                values = ",".join(["(?,?)"] * len(reading))
-                rows = conn.execute(
-                    f"WITH w(id, seq) AS (VALUES {values}) SELECT o.task_id, o.seq, o.data"
-                    " FROM w JOIN task_output o ON o.task_id = w.id AND o.seq > w.seq"
-                    " ORDER BY o.task_id, o.seq",
-                    [x for pair in reading for x in pair],
-                ).fetchall()
-                for task_id, seq, data in rows:
-                    self._watches[task_id].seq = seq
-                    events[task_id].chunks.append(data)
-            for task_id in ended:
-                events[task_id].final = task_views.get_task(plane.store, task_id)
-        for task_id, event in events.items():
-            if event.chunks or event.final is not None or event.rerun:
-                self._watches[task_id].send(event)
-        for task_id in ended:
-            del self._watches[task_id]
+        """Hand every watched task's new output, and its end, to its request: one read of
+        them all (`watch_steps`)."""
+        steps = plane.watch_steps({task_id: w.mark for task_id, w in self._watches.items()})
+        for task_id, step in steps.items():
+            watch = self._watches[task_id]
+            watch.mark = step.mark
+            if step.chunks or step.final is not None or step.restarted:
+                watch.send(Event(step.chunks, step.final, step.restarted))
+            if step.final is not None:
+                del self._watches[task_id]
 
     def _refresh_health(self, plane: ControlPlane) -> None:
         snapshot = health_snapshot(plane, self.embedded, len(self._watches))
@@ -272,7 +245,7 @@ def health_snapshot(plane: ControlPlane, embedded: bool, active: int) -> dict[st
     down (no live controller: nothing would run)."""
     holder = plane.controller()
     alive = holder is not None and holder.alive
-    stored = {h["name"]: h for h in hosts.load_hosts(plane.store)}
+    stored = plane.fleet.hosts()
     listed = []
     for host in plane.profile.hosts:
         found = stored.get(host.name)
@@ -292,7 +265,7 @@ def health_snapshot(plane: ControlPlane, embedded: bool, active: int) -> dict[st
         "controller": holder.to_dict() if alive and holder is not None else None,
         "embedded": embedded,
         "hosts": listed,
-        "tasks": task_views.counts(plane.store),
+        "tasks": plane.task_counts(),
         "active_requests": active,
         "checked_at": time.time(),
     }

@@ -12,10 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bitinglip.control.fleet import telemetry_ring
-from bitinglip.control.models import aliases as models
-from bitinglip.control.models import registry
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane, models_dir
 from bitinglip.gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -25,9 +22,9 @@ def list_models(plane: ControlPlane, per_host: bool = True) -> list[dict[str, An
     profile = plane.profile
     loaded = {
         host: {str(p) for p in snapshot.get("models_loaded") or []}
-        for host, snapshot in telemetry_ring.latest(plane.store).items()
+        for host, snapshot in plane.fleet.latest().items()
     }
-    registered = {row["alias"]: row for row in registry.rows(plane.store, profile) if row["alias"]}
+    registered = {row["alias"]: row for row in plane.models.rows() if row["alias"]}
     listed = []
     for name, alias in profile.models.items():
         row = registered.get(name)
@@ -39,7 +36,7 @@ def list_models(plane: ControlPlane, per_host: bool = True) -> list[dict[str, An
                     "loaded": copy["path"] in loaded.get(host, ()),
                 }
         if alias.source.startswith("pypi:"):
-            path = models.models_dir(profile) / f"{name}.gguf"
+            path = models_dir(profile) / f"{name}.gguf"
             for host in profile.hosts:
                 if host.kind == "local":
                     state = "ready" if path.is_file() else "assembled on first use"
@@ -74,7 +71,7 @@ def check_runnable(plane: ControlPlane, model: str, kind: str) -> None:
     alias = plane.profile.models[model]
     if not alias.source.startswith("hf:"):
         return
-    found = registry.find(plane.store, model, plane.profile)
+    found = plane.models.find(model)
     states = [] if found is None else [c["state"] for c in found["hosts"].values()]
     if not any(s in ("ready", "pulling") for s in states):
         raise ApiError(

@@ -1,24 +1,21 @@
 """GET /metrics: Prometheus text exposition (version 0.0.4), read from the database per scrape.
 
-Everything is read in one read transaction, so the numbers agree with each other and with the
-database at that moment: tasks by state (the queue depth), queued work split into interactive
-(at or above the gateway's priority) and batch, finished tasks by outcome, token counters and
-the recent generation rate, the controller, and each host's stored health and latest telemetry
-(host and per GPU). The gateway adds its own request counters. The per-host families (they
-name the hosts) are left out for a caller without an API key.
+Everything is read through the façade in one read transaction (`ControlPlane.metrics`), so the
+numbers agree with each other and with the database at that moment: tasks by state (the queue
+depth), queued work split into interactive (at or above the gateway's priority) and batch,
+finished tasks by outcome, token counters and the recent generation rate, the controller, and
+each host's stored health and latest telemetry (host and per GPU). The gateway adds its own
+request counters. The per-host families (they name the hosts) are left out for a caller without
+an API key.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bitinglip.control.fleet import hosts, telemetry_ring
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue import views as task_views
-from bitinglip.control.queue.tasks import TERMINAL, TaskState
+from bitinglip.control import TERMINAL, ControlPlane, PlaneMetrics, TaskState
 
 RATE_WINDOW_S = 60.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,41 +65,25 @@ def render(
     per_host: bool = True,
 ) -> str:
     out = Exposition()
-    with plane.store.read() as conn:
-        counts = task_views.counts(plane.store)
-        queued = dict(
-            conn.execute(
-                "SELECT priority >= ?, count(*) FROM tasks WHERE state = 'queued'"
-                " GROUP BY priority >= ?",
-                (priority, priority),
-            ).fetchall()
-        )
-        prompt_total, completion_total = conn.execute(
-            "SELECT coalesce(sum(result->>'$.usage.prompt_tokens'), 0),"
-            " coalesce(sum(result->>'$.usage.completion_tokens'), 0)"
-            " FROM tasks WHERE state = 'succeeded'"
-        ).fetchone()
-        (recent,) = conn.execute(
-            "SELECT coalesce(sum(result->>'$.usage.completion_tokens'), 0) FROM tasks"
-            " WHERE state = 'succeeded' AND finished_at >= ?",
-            (time.time() - RATE_WINDOW_S,),
-        ).fetchone()
-        holder = plane.controller()
-        stored = hosts.load_hosts(plane.store)
-        latest = telemetry_ring.latest(plane.store)
-    _tasks(out, counts, queued)
+    found = plane.metrics(priority, RATE_WINDOW_S)
+    usage = found.usage
+    _tasks(out, usage.counts, {1: usage.interactive, 0: usage.batch})
     out.family(
         "bitinglip_tokens_total",
         "counter",
         "Tokens of succeeded tasks, by direction.",
-        [({"type": "prompt"}, prompt_total), ({"type": "completion"}, completion_total)],
+        [
+            ({"type": "prompt"}, usage.prompt_tokens),
+            ({"type": "completion"}, usage.completion_tokens),
+        ],
     )
     out.family(
         "bitinglip_tokens_per_second",
         "gauge",
         f"Completion tokens per second over the last {RATE_WINDOW_S:g} s.",
-        [({}, recent / RATE_WINDOW_S)],
+        [({}, usage.recent_completion_tokens / RATE_WINDOW_S)],
     )
+    holder = found.controller
     alive = holder is not None and holder.alive
     out.family(
         "bitinglip_controller_up",
@@ -111,7 +92,7 @@ def render(
         [({}, int(alive))],
     )
     if per_host:
-        _hosts(out, plane, stored, latest)
+        _hosts(out, plane, found)
     _gateway(out, requests, active)
     return out.text()
 
@@ -137,13 +118,8 @@ def _tasks(out: Exposition, counts: Mapping[str, int], queued: Mapping[int, int]
     )
 
 
-def _hosts(
-    out: Exposition,
-    plane: ControlPlane,
-    stored: list[dict[str, Any]],
-    latest: Mapping[str, Mapping[str, Any]],
-) -> None:
-    health = {h["name"]: h for h in stored}
+def _hosts(out: Exposition, plane: ControlPlane, found: PlaneMetrics) -> None:
+    health, latest = found.hosts, found.telemetry
     names = [h.name for h in plane.profile.hosts]
     out.family(
         "bitinglip_host_healthy",

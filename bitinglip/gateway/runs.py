@@ -25,9 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from bitinglip.config_sections import GatewayConfig
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.tasks import TaskSpec, TaskState
-from bitinglip.control.queue.views import Task
+from bitinglip.control import ControlPlane, Task, TaskSpec, TaskState
 from bitinglip.errors import BitinglipError, InputError
 from bitinglip.gateway import catalog, shapes
 from bitinglip.gateway.bodies import ApiRequest
@@ -104,9 +102,7 @@ def _submit(
     bridge: Bridge, config: GatewayConfig, plane: ControlPlane, spec: TaskSpec, watch: Watch
 ) -> int:
     """In the bridge's thread: refuse when the interactive queue is full, else queue and watch."""
-    (queued,) = plane.store.conn.execute(
-        "SELECT count(*) FROM tasks WHERE state = 'queued' AND priority >= ?", (config.priority,)
-    ).fetchone()
+    queued = plane.queued_ahead(config.priority)
     if queued >= config.max_queued:
         raise ApiError(
             429,

@@ -19,7 +19,7 @@ from types import FrameType
 import uvicorn
 
 from bitinglip.config import Profile
-from bitinglip.control.runtime.loop import ControlLoop
+from bitinglip.control import ControlLoop
 from bitinglip.errors import StateError
 from bitinglip.gateway.app import Gateway
 from bitinglip.gateway.auth import Keys, check_bind

@@ -6,25 +6,18 @@ request may ask for up to MAX_EMBED_FLOATS (2^20: 1,638 inputs of gemma-3-270m's
 4096-wide model); more is a 400 naming the limit, what was asked and what to do.
 
 The width comes from the GGUF header (`{arch}.embedding_length`), read once per model from a
-copy on this machine (a `pypi:` alias's assembled file, or a registered copy on a local host).
+copy on this machine (a `pypi:` alias's assembled file, or a registered copy on a local host:
+`plane.models.embedding_width`).
 A model with no copy here has its width learned from its first answer; until then it is taken
 as FALLBACK_WIDTH (said so in the refusal).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from pathlib import Path
 
-from bitinglip.control.models import aliases as models
-from bitinglip.control.models import registry
-from bitinglip.control.models.gguf_header import file_reads, read_header
-from bitinglip.control.plane import ControlPlane
-from bitinglip.errors import BitinglipError
+from bitinglip.control import ControlPlane
 from bitinglip.gateway.errors import bad_request
-
-log = logging.getLogger(__name__)
 
 MAX_EMBED_FLOATS = 1 << 20
 FALLBACK_WIDTH = 4096
@@ -43,12 +36,10 @@ class Widths:
             known = self._known.get(model)
         if known is not None:
             return known
-        for path in _local_copies(plane, model):
-            found = _read_width(path)
-            if found is not None:
-                self.learn(model, found)
-                return found
-        return None
+        found = plane.models.embedding_width(model)
+        if found is not None:
+            self.learn(model, found)
+        return found
 
     def learn(self, model: str, width: int) -> None:
         if width > 0:
@@ -74,35 +65,3 @@ class Widths:
             param="input",
             code="request_too_large",
         )
-
-
-def _local_copies(plane: ControlPlane, model: str) -> list[Path]:
-    profile = plane.profile
-    alias = profile.models.get(model)
-    if alias is None:
-        return []
-    if alias.source.startswith("pypi:"):
-        return [models.models_dir(profile) / f"{model}.gguf"]
-    local = {h.name for h in profile.hosts if h.kind == "local"}
-    try:
-        found = registry.find(plane.store, model, profile)
-    except BitinglipError:
-        return []
-    if found is None:
-        return []
-    return [
-        Path(copy["path"])
-        for host, copy in found["hosts"].items()
-        if host in local and copy["state"] == "ready" and copy["path"]
-    ]
-
-
-def _read_width(path: Path) -> int | None:
-    try:
-        with path.open("rb") as f:
-            header = read_header(file_reads(f), path.stat().st_size, name=str(path))
-        width = header.embedding_length
-    except (OSError, ValueError, BitinglipError) as exc:
-        log.debug("no embedding width from %s: %s", path, exc)
-        return None
-    return width if width is not None and width > 0 else None
