@@ -1,24 +1,32 @@
 """GET /metrics: Prometheus text exposition (version 0.0.4), read from the database per scrape.
 
-Everything is read through the façade in one read transaction (`ControlPlane.metrics`), so the
-numbers agree with each other and with the database at that moment: tasks by state (the queue
-depth), queued work split into interactive (at or above the gateway's priority) and batch,
-finished tasks by outcome, token counters and the recent generation rate, the controller, and
-each host's stored health and latest telemetry (host and per GPU). The gateway adds its own
-request counters. The per-host families (they name the hosts) are left out for a caller without
-an API key.
+Built with prometheus_client (the one module that imports it): each scrape registers two
+collectors on a registry of its own (never the global one) and renders it with
+`generate_latest`. `PlaneCollector` reads the façade once (`ControlPlane.metrics`: one read
+transaction, so the numbers agree with each other and with the database at that moment): tasks
+by state (the queue depth), queued work split into interactive (at or above the gateway's
+priority) and batch, finished tasks by outcome, token counters and the recent generation rate,
+the controller, and each host's stored health and latest telemetry (host and per GPU).
+`GatewayCollector` adds the gateway's own request counters. The per-host families (they name
+the hosts) are left out for a caller without an API key.
+
+A scrape runs in the bridge's thread (`Bridge.call`), which owns the plane: a few indexed reads.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from bitinglip.control import TERMINAL, ControlPlane, PlaneMetrics, TaskState
 
 RATE_WINDOW_S = 60.0
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 _HOST_GAUGES = (
     ("cpu_percent", "bitinglip_host_cpu_percent", "CPU use of the host, percent."),
@@ -33,28 +41,7 @@ _GPU_GAUGES = (
     ("temperature_c", "bitinglip_gpu_temperature_celsius", "GPU temperature."),
     ("power_w", "bitinglip_gpu_power_watts", "GPU power draw."),
 )
-
-
-class Exposition:
-    """Metric families in text form: HELP and TYPE once, then the samples."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(
-        self,
-        name: str,
-        kind: str,
-        help_text: str,
-        samples: Iterable[tuple[Mapping[str, str], float]],
-    ) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self.lines.append(f"{name}{_labels(labels)} {_value(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+_GPU_LABELS = ["host", "gpu", "name"]
 
 
 def render(
@@ -63,104 +50,130 @@ def render(
     requests: Mapping[tuple[str, int], int],
     active: int,
     per_host: bool = True,
-) -> str:
-    out = Exposition()
-    found = plane.metrics(priority, RATE_WINDOW_S)
-    usage = found.usage
-    _tasks(out, usage.counts, {1: usage.interactive, 0: usage.batch})
-    out.family(
-        "bitinglip_tokens_total",
-        "counter",
-        "Tokens of succeeded tasks, by direction.",
-        [
-            ({"type": "prompt"}, usage.prompt_tokens),
-            ({"type": "completion"}, usage.completion_tokens),
-        ],
-    )
-    out.family(
-        "bitinglip_tokens_per_second",
-        "gauge",
-        f"Completion tokens per second over the last {RATE_WINDOW_S:g} s.",
-        [({}, usage.recent_completion_tokens / RATE_WINDOW_S)],
-    )
-    holder = found.controller
-    alive = holder is not None and holder.alive
-    out.family(
-        "bitinglip_controller_up",
-        "gauge",
-        "1 when a controller holds the lease.",
-        [({}, int(alive))],
-    )
-    if per_host:
-        _hosts(out, plane, found)
-    _gateway(out, requests, active)
-    return out.text()
+) -> bytes:
+    """One scrape's exposition. In the bridge's thread: `plane` is read here."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PlaneCollector(plane, priority, per_host))
+    registry.register(GatewayCollector(requests, active))
+    return generate_latest(registry)
 
 
-def _tasks(out: Exposition, counts: Mapping[str, int], queued: Mapping[int, int]) -> None:
-    out.family(
+class PlaneCollector(Collector):
+    """The control plane's families, from one `ControlPlane.metrics` snapshot per collect."""
+
+    def __init__(self, plane: ControlPlane, priority: int, per_host: bool) -> None:
+        self.plane = plane
+        self.priority = priority
+        self.per_host = per_host
+
+    def collect(self) -> Iterator[Metric]:
+        found = self.plane.metrics(self.priority, RATE_WINDOW_S)
+        yield from _tasks(found)
+        tokens = CounterMetricFamily(
+            "bitinglip_tokens_total", "Tokens of succeeded tasks, by direction.", labels=["type"]
+        )
+        tokens.add_metric(["prompt"], found.usage.prompt_tokens)
+        tokens.add_metric(["completion"], found.usage.completion_tokens)
+        yield tokens
+        yield GaugeMetricFamily(
+            "bitinglip_tokens_per_second",
+            f"Completion tokens per second over the last {RATE_WINDOW_S:g} s.",
+            value=found.usage.recent_completion_tokens / RATE_WINDOW_S,
+        )
+        holder = found.controller
+        yield GaugeMetricFamily(
+            "bitinglip_controller_up",
+            "1 when a controller holds the lease.",
+            value=int(holder is not None and holder.alive),
+        )
+        if self.per_host:
+            yield from _hosts([h.name for h in self.plane.profile.hosts], found)
+
+
+class GatewayCollector(Collector):
+    """This gateway's own counters, as they were when the scrape was asked for."""
+
+    def __init__(self, requests: Mapping[tuple[str, int], int], active: int) -> None:
+        self.requests = requests
+        self.active = active
+
+    def collect(self) -> Iterator[Metric]:
+        answered = CounterMetricFamily(
+            "bitinglip_gateway_requests_total",
+            "HTTP requests answered by this gateway, by endpoint and status.",
+            labels=["endpoint", "status"],
+        )
+        for (endpoint, status), n in sorted(self.requests.items()):
+            answered.add_metric([endpoint, str(status)], n)
+        yield answered
+        yield GaugeMetricFamily(
+            "bitinglip_gateway_active_requests",
+            "Requests of this gateway waiting on their task.",
+            value=self.active,
+        )
+
+
+def _tasks(found: PlaneMetrics) -> Iterator[Metric]:
+    counts = found.usage.counts
+    states = GaugeMetricFamily(
         "bitinglip_tasks",
-        "gauge",
         "Tasks in the database by state (queued and running: the queue depth).",
-        [({"state": s}, n) for s, n in counts.items()],
+        labels=["state"],
     )
-    out.family(
+    for state, n in counts.items():
+        states.add_metric([state], n)
+    yield states
+    depth = GaugeMetricFamily(
         "bitinglip_queue_depth",
-        "gauge",
         "Queued tasks: interactive (at or above the gateway's priority) and batch.",
-        [({"class": "interactive"}, queued.get(1, 0)), ({"class": "batch"}, queued.get(0, 0))],
+        labels=["class"],
     )
-    out.family(
-        "bitinglip_tasks_finished_total",
-        "counter",
-        "Tasks that ended, by outcome.",
-        [({"outcome": s.value}, counts.get(s.value, 0)) for s in TaskState if s in TERMINAL],
+    depth.add_metric(["interactive"], found.usage.interactive)
+    depth.add_metric(["batch"], found.usage.batch)
+    yield depth
+    finished = CounterMetricFamily(
+        "bitinglip_tasks_finished_total", "Tasks that ended, by outcome.", labels=["outcome"]
     )
+    for s in TaskState:
+        if s in TERMINAL:
+            finished.add_metric([s.value], counts.get(s.value, 0))
+    yield finished
 
 
-def _hosts(out: Exposition, plane: ControlPlane, found: PlaneMetrics) -> None:
-    health, latest = found.hosts, found.telemetry
-    names = [h.name for h in plane.profile.hosts]
-    out.family(
+def _hosts(names: list[str], found: PlaneMetrics) -> Iterator[Metric]:
+    """Health of each host of the profile; telemetry of each host that sent some."""
+    healthy = GaugeMetricFamily(
         "bitinglip_host_healthy",
-        "gauge",
         "1 when every health signal of the host is ok (as the controller stored it).",
-        [({"host": n}, int(bool(health.get(n, {}).get("healthy")))) for n in names],
+        labels=["host"],
     )
-    out.family(
+    connected = GaugeMetricFamily(
         "bitinglip_host_connected",
-        "gauge",
         "1 when the controller has a session with the host's agent.",
-        [({"host": n}, int(bool(health.get(n, {}).get("connected")))) for n in names],
+        labels=["host"],
     )
-    for key, name, help_text in _HOST_GAUGES:
-        samples = [({"host": h}, _number(s.get(key))) for h, s in latest.items()]
-        out.family(name, "gauge", help_text, [(lab, v) for lab, v in samples if v is not None])
+    for name in names:
+        stored = found.hosts.get(name, {})
+        healthy.add_metric([name], int(bool(stored.get("healthy"))))
+        connected.add_metric([name], int(bool(stored.get("connected"))))
+    yield healthy
+    yield connected
+    latest = found.telemetry
+    for key, metric, help_text in _HOST_GAUGES:
+        family = GaugeMetricFamily(metric, help_text, labels=["host"])
+        for host, snapshot in latest.items():
+            value = _number(snapshot.get(key))
+            if value is not None:
+                family.add_metric([host], value)
+        yield family
     gpus = [(h, g) for h, s in latest.items() for g in s.get("gpus") or [] if isinstance(g, dict)]
-    for key, name, help_text in _GPU_GAUGES:
-        samples = [
-            (
-                {"host": h, "gpu": str(g.get("index", i)), "name": str(g.get("name", ""))},
-                _number(g.get(key)),
-            )
-            for i, (h, g) in enumerate(gpus)
-        ]
-        out.family(name, "gauge", help_text, [(lab, v) for lab, v in samples if v is not None])
-
-
-def _gateway(out: Exposition, requests: Mapping[tuple[str, int], int], active: int) -> None:
-    out.family(
-        "bitinglip_gateway_requests_total",
-        "counter",
-        "HTTP requests answered by this gateway, by endpoint and status.",
-        [({"endpoint": e, "status": str(s)}, n) for (e, s), n in sorted(requests.items())],
-    )
-    out.family(
-        "bitinglip_gateway_active_requests",
-        "gauge",
-        "Requests of this gateway waiting on their task.",
-        [({}, active)],
-    )
+    for key, metric, help_text in _GPU_GAUGES:
+        family = GaugeMetricFamily(metric, help_text, labels=_GPU_LABELS)
+        for i, (host, gpu) in enumerate(gpus):
+            value = _number(gpu.get(key))
+            if value is not None:
+                family.add_metric([host, str(gpu.get("index", i)), str(gpu.get("name", ""))], value)
+        yield family
 
 
 def _number(value: Any) -> float | None:
@@ -169,19 +182,3 @@ def _number(value: Any) -> float | None:
     if isinstance(value, list) and value:  # load: [1, 5, 15]
         return _number(value[0])
     return None
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _value(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
