@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bitinglip_agent.protocol import unsafe_reason
-from bitinglip_agent.transfer import GIB, QUARANTINE_DIR, PullFailed, Transfer
+from bitinglip_agent.pull_disk import GIB, QUARANTINE_DIR
+from bitinglip_agent.pull_errors import PullFailed
+from bitinglip_agent.transfer import Transfer
 
 if TYPE_CHECKING:
     from bitinglip_agent.server import Agent
