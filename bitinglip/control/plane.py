@@ -85,6 +85,10 @@ class ControlPlane:
     def retry(self, ids: Sequence[int]) -> dict[int, str]:
         return self.queue.retry(ids)
 
+    def set_priority(self, task_id: int, priority: int) -> None:
+        """A queued task's priority (higher runs first); StateError for a task not queued."""
+        self.queue.set_priority(task_id, priority)
+
     def _check_placement(self, spec: TaskSpec, where: str = "") -> None:
         prefix = f"{where}: " if where else ""
         names = [h.name for h in self.profile.hosts]

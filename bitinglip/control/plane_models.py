@@ -72,6 +72,11 @@ class ModelDesk:
         file = hub.resolve(ref, revision)
         return file, pulls.plan(self._queue, file, targets)
 
+    def pull_file(self, file: HubFile, targets: Sequence[HostConfig]) -> list[pulls.Ticket]:
+        """Queue a pull of `file` (pinned already: `resolve_ref`) on each of `targets`, or join
+        the one in progress there. For a caller that asks the hub off this thread."""
+        return pulls.plan(self._queue, file, targets)
+
     def pull_via_operator(
         self,
         ref: str,
