@@ -1,5 +1,7 @@
 """The agent protocol: one JSON object per line, UTF-8, each with `v`, `type` and, where a reply
-is expected, `id`. This is the one module of the agent that the control plane imports.
+is expected, `id`. This is the one module of the agent that the control plane imports, and the
+one home of the task vocabulary both sides speak: `TaskKind` (with its groups: `MODEL_KINDS`,
+`LIGHT_KINDS`, `PULL_KINDS`, `JOB_KINDS`, every kind in `KINDS`) and `TaskState` (`TERMINAL`).
 
 A result longer than RESULT_PART_BYTES goes as numbered `result_part` lines of the same id, each
 carrying a slice of the `result` line's text (`split_result`); the control plane joins them
@@ -12,7 +14,23 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from enum import Enum
 from typing import IO, Any, Callable
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # an agent host's python may be 3.9 or 3.10
+
+    class StrEnum(str, Enum):
+        """Python 3.11's enum.StrEnum: a member is its value wherever a string is."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
+
 
 PROTOCOL_VERSION = 1
 
@@ -23,8 +41,45 @@ FROM_AGENT = frozenset(
     {"hello", "telemetry", "event", "result", "result_part", "error", "pong", "ack"}
 )
 
-# Task kinds that need a model (and llama_cpp on the host).
-MODEL_KINDS = ("generate", "chat", "embed")
+
+class TaskKind(StrEnum):
+    """What a task does; the agent runs every kind (`server.Agent._on_run`)."""
+
+    ECHO = "echo"
+    GENERATE = "generate"
+    CHAT = "chat"
+    EMBED = "embed"
+    PULL = "pull"
+    REMOVE = "remove"
+
+
+# Every kind, in the order messages list them.
+KINDS: tuple[TaskKind, ...] = tuple(TaskKind)
+# Kinds that need a model (and llama_cpp on the host); a host runs max_concurrency at once.
+MODEL_KINDS = (TaskKind.GENERATE, TaskKind.CHAT, TaskKind.EMBED)
+# Kinds that cost a host almost nothing: many run at once beside the model kinds.
+LIGHT_KINDS = (TaskKind.ECHO,)
+# Kinds that change a host's model dir (a download, a deletion): a few at once per host, beside
+# the model kinds.
+PULL_KINDS = (TaskKind.PULL, TaskKind.REMOVE)
+# What a job file may run: work only. A batch file someone hands you must not pull from a URL of
+# its choosing or remove model files, so those kinds are commands of their own, never job lines.
+JOB_KINDS = (*LIGHT_KINDS, *MODEL_KINDS)
+
+
+class TaskState(StrEnum):
+    """Where a task is in the queue; the control plane moves it (`states.transition`)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    DEAD = "dead"
+
+
+# States a task leaves only when retried by hand.
+TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.DEAD})
 
 # Longest line either side accepts; a longer one is answered with an error and skipped (and
 # fails its run, when its start names one).

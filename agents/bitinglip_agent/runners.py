@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bitinglip_agent.gguf_check import InvalidGGUF, check_gguf
+from bitinglip_agent.protocol import TaskKind
 
 if TYPE_CHECKING:
     from bitinglip_agent.server import Agent
@@ -57,7 +58,7 @@ class Runners:
         except InvalidGGUF as exc:
             self.agent.error(run_id, "invalid_gguf", str(exc))
             return
-        self._runner(path, "embed" if task["kind"] == "embed" else "generate").put(
+        self._runner(path, "embed" if task["kind"] == TaskKind.EMBED else "generate").put(
             Request(run_id, task)
         )
 

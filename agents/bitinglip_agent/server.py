@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from bitinglip_agent import __version__, protocol
-from bitinglip_agent.protocol import MODEL_KINDS, TO_AGENT, ProtocolError
+from bitinglip_agent.protocol import KINDS, MODEL_KINDS, TO_AGENT, ProtocolError, TaskKind
 
-# Task kinds this agent runs, and those that need a model.
-KINDS = ("echo", "generate", "chat", "embed", "pull", "remove")
 # A re-attachable agent keeps its last results to send again after a dropped connection (the
 # control plane ignores those it has), and the output events it could not send while detached.
 # Both are capped in bytes; a re-attach's `ping` lists the runs the control plane still waits
@@ -176,7 +174,7 @@ class Agent:
             pid=os.getpid(),
             host=self._facts[0],
             capabilities=self._facts[1],
-            kinds=list(KINDS),
+            kinds=[kind.value for kind in KINDS],
             name=self.options.host_name,
             model_dir=self.options.model_dir
             and os.path.abspath(os.path.expanduser(self.options.model_dir)),
@@ -307,14 +305,14 @@ class Agent:
         self._acks.append(run_id)
         if self._again(run_id):
             return
-        if kind == "echo":
+        if kind == TaskKind.ECHO:
             self.send("result", run_id, result=task.get("payload"))
         elif kind in MODEL_KINDS:
             self.runners().submit(run_id, task)
-        elif kind == "pull":  # a queued pull task: its payload is a `pull` message's body
+        elif kind == TaskKind.PULL:  # a queued pull task: its payload is a `pull` message's body
             payload = task.get("payload") or {}
             self.downloads().pull({**payload, "type": "pull", "id": run_id})
-        elif kind == "remove":
+        elif kind == TaskKind.REMOVE:
             self.downloads().remove(run_id, (task.get("payload") or {}).get("dest"))
         else:
             self.error(run_id, "unsupported", f"this agent does not run {kind!r} tasks")

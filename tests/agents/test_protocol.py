@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -55,7 +58,28 @@ def test_hello_reports_version_facts_and_capabilities(agent: AgentProc) -> None:
     assert {"hostname", "os", "python", "cpu_count", "ram_bytes"} <= set(hello["host"])
     assert set(hello["capabilities"]) == {"llama_cpp", "huggingface_hub", "psutil", "pynvml"}
     assert hello["capabilities"]["psutil"] is True
-    assert "echo" in hello["kinds"]
+    assert hello["kinds"] == list(protocol.KINDS)  # every kind the queue takes
+
+
+def test_the_task_vocabulary_is_the_same_on_a_python_without_strenum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent host's python may be 3.9 (no enum.StrEnum): kinds and states are still their
+    values wherever a string is (compared, looked up, formatted, sent as JSON)."""
+    monkeypatch.setattr(sys, "version_info", (3, 9, 0))
+    spec = importlib.util.spec_from_file_location("protocol_on_py39", protocol.__file__)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    monkeypatch.undo()
+    assert old.StrEnum is not enum.StrEnum  # the stand-in, not 3.11's
+    embed, canceled = old.TaskKind.EMBED, old.TaskState.CANCELED
+    assert (embed == "embed", {"embed": 1}.get(embed), "chat" in old.MODEL_KINDS) == (True, 1, True)
+    assert (str(embed), f"{embed}", f"{canceled:>9}|") == ("embed", "embed", " canceled|")
+    assert ", ".join(old.JOB_KINDS) == "echo, generate, chat, embed"
+    line = old.encode("hello", kinds=list(old.KINDS), done=sorted(old.TERMINAL))
+    assert protocol.decode(line, FROM_AGENT)["kinds"] == list(protocol.KINDS)
+    assert protocol.decode(line, FROM_AGENT)["done"] == sorted(protocol.TERMINAL)
 
 
 def test_bad_messages_get_errors_and_the_agent_stays_up(agent: AgentProc) -> None:

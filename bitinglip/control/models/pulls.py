@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bitinglip_agent.protocol import unsafe_reason
+from bitinglip_agent.protocol import TaskKind, TaskState, unsafe_reason
 
 from bitinglip.config import HostConfig
 from bitinglip.control.models import registry
@@ -35,7 +35,7 @@ FINAL = {
     "no_space": "failed",
     "write_failed": "failed",
 }
-OPEN_STATES = ("queued", "running")
+OPEN_STATES = (TaskState.QUEUED, TaskState.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def plan(queue: TaskQueue, file: HubFile, hosts: Sequence[HostConfig]) -> list[T
         make_room(queue, host, file.size)
         task_id = queue.submit(
             TaskSpec(
-                kind="pull",
+                kind=TaskKind.PULL,
                 host=host.name,
                 # `hub`: the one place the agent may send HF_TOKEN (over https, or http to a
                 # loopback hub); never the file's URL host alone.
@@ -134,7 +134,7 @@ def remove(queue: TaskQueue, host: str, model_id: int, path: str | None) -> int 
         return None
     repo, commit, file = row
     where = f"hf/{repo}/{commit[:12]}/{file}"  # as `dest` placed it
-    return queue.submit(TaskSpec(kind="remove", host=host, payload={"dest": where}))
+    return queue.submit(TaskSpec(kind=TaskKind.REMOVE, host=host, payload={"dest": where}))
 
 
 def pulled(store: Store, host: str, task_id: int, result: Any) -> None:

@@ -17,8 +17,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from bitinglip.control.queue.intake import KINDS
-from bitinglip.control.queue.states import TaskState
+from bitinglip_agent.protocol import KINDS, TaskState
+
 from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError
 

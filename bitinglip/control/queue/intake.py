@@ -1,6 +1,7 @@
-"""What a task is and how it enters the queue: `TaskSpec`, the task kinds, and the submitting
-half of `TaskQueue` (tasks.py holds the rest). Each submit is one transaction: a batch is queued
-whole or not at all, and an idempotency key already used returns the task it named.
+"""What a task is and how it enters the queue: `TaskSpec` (its kind a `TaskKind` of the agent
+protocol), and the submitting half of `TaskQueue` (tasks.py holds the rest). Each submit is one
+transaction: a batch is queued whole or not at all, and an idempotency key already used returns
+the task it named.
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bitinglip_agent.protocol import JOB_KINDS, KINDS, MODEL_KINDS, TaskKind
+
 from bitinglip.config import QueueConfig
 from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError
-
-KINDS = ("echo", "generate", "chat", "embed", "pull", "remove", "bench")
-# What a job file may run: work only. A batch file someone hands you must not pull from a URL of
-# its choosing or remove model files, so those kinds are commands of their own, never job lines.
-JOB_KINDS = ("echo", "generate", "chat", "embed")
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """What to run. `host`/`labels` constrain placement; `max_attempts` None = profile default."""
 
-    kind: str
+    kind: TaskKind | str  # a TaskKind or its value (`validate` checks it)
     payload: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
     host: str | None = None
@@ -43,7 +41,7 @@ class TaskSpec:
             raise InputError(f"unknown task kind {self.kind!r}; use one of {', '.join(KINDS)}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise InputError(f"max_attempts must be at least 1, not {self.max_attempts}")
-        if self.kind in ("generate", "chat", "embed") and not self.model:
+        if self.kind in MODEL_KINDS and not self.model:
             raise InputError(f"a {self.kind} task needs a model; pass --model NAME")
 
 
@@ -100,8 +98,9 @@ class TaskIntake:
         """A job row and its child tasks, in one transaction; only `JOB_KINDS` (else nothing)."""
         for spec in specs:
             if spec.kind not in JOB_KINDS:
+                kind = str(spec.kind)  # its value, also for a TaskKind
                 raise InputError(
-                    f"a job runs only {', '.join(JOB_KINDS)}, not {spec.kind!r}; nothing queued"
+                    f"a job runs only {', '.join(JOB_KINDS)}, not {kind!r}; nothing queued"
                 )
         with self.store.write() as conn:
             cur = conn.execute(

@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bitinglip.control.queue.intake import JOB_KINDS
-from bitinglip.control.queue.tasks import TaskSpec, TaskState
+from bitinglip_agent.protocol import JOB_KINDS, TaskKind, TaskState
+
+from bitinglip.control.queue.tasks import TaskSpec
 from bitinglip.control.queue.views import Task, counts, job_tasks
 from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError, NotFoundError
@@ -42,11 +43,11 @@ NATIVE_KEYS = frozenset(
 )
 OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
 OPENAI_URLS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "generate",
-    "/v1/embeddings": "embed",
+    "/v1/chat/completions": TaskKind.CHAT,
+    "/v1/completions": TaskKind.GENERATE,
+    "/v1/embeddings": TaskKind.EMBED,
 }
-BODY_FIELD = {"chat": "messages", "generate": "prompt", "embed": "input"}
+BODY_FIELD = {TaskKind.CHAT: "messages", TaskKind.GENERATE: "prompt", TaskKind.EMBED: "input"}
 ONLY_WORK = " (a job file carries only work: pull and remove models with `bitinglip models`)"
 
 
@@ -62,7 +63,9 @@ class Job:
 
     @property
     def done(self) -> int:
-        return sum(n for s, n in self.counts.items() if s not in ("queued", "running"))
+        return sum(
+            n for s, n in self.counts.items() if s not in (TaskState.QUEUED, TaskState.RUNNING)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,9 +194,9 @@ def _openai_spec(obj: dict[str, Any], where: str) -> TaskSpec:
 
 
 def _check_body_field(kind: str, value: Any, where: str) -> Any:
-    if kind == "generate" and not isinstance(value, str):
+    if kind == TaskKind.GENERATE and not isinstance(value, str):
         raise InputError(f"{where}: prompt must be a string")
-    if kind == "chat" and not (
+    if kind == TaskKind.CHAT and not (
         isinstance(value, list)
         and value
         and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
@@ -201,7 +204,7 @@ def _check_body_field(kind: str, value: Any, where: str) -> Any:
         raise InputError(
             f'{where}: messages must be a non-empty list of {{"role", "content"}} objects'
         )
-    if kind == "embed" and not isinstance(value, (str, list)):
+    if kind == TaskKind.EMBED and not isinstance(value, (str, list)):
         raise InputError(f"{where}: input must be a string or a list of strings")
     return value
 
@@ -290,7 +293,7 @@ def openai_body(task: Task) -> dict[str, Any]:
         "model": task.model,
         "usage": result.get("usage"),
     }
-    if task.kind == "embed":
+    if task.kind == TaskKind.EMBED:
         vectors = result.get("embeddings") or []
         return {
             "object": "list",
@@ -301,7 +304,7 @@ def openai_body(task: Task) -> dict[str, Any]:
             ],
         }
     choice: dict[str, Any] = {"index": 0, "finish_reason": result.get("finish_reason")}
-    if task.kind == "chat":
+    if task.kind == TaskKind.CHAT:
         choice["message"] = {"role": "assistant", "content": result.get("text")}
         return {"object": "chat.completion", "choices": [choice], **common}
     choice["text"] = result.get("text")

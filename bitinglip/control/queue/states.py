@@ -1,4 +1,7 @@
-"""Task states and the one function that moves a task between them.
+"""The moves between task states, and the one function that makes them.
+
+The states themselves (`TaskState`, `TERMINAL`) are the agent protocol's vocabulary
+(`bitinglip_agent.protocol`), re-exported here.
 
 `transition` checks every move against `MOVES` and writes a `task_events` row in the same
 transaction; `note` records an event that is not a move (a cancel request). `held_leases` is the
@@ -10,22 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
-from enum import StrEnum
 from typing import Any
+
+from bitinglip_agent.protocol import TERMINAL, TaskState
 
 from bitinglip.errors import StateError
 
-
-class TaskState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    DEAD = "dead"
-
-
-TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.DEAD})
 Q, R = TaskState.QUEUED, TaskState.RUNNING
 MOVES: frozenset[tuple[TaskState, TaskState]] = frozenset(
     {(Q, R), (Q, TaskState.CANCELED)}
@@ -109,3 +102,18 @@ def labels_match(task_labels: str | None, runner_labels: str) -> bool:
     wanted: dict[str, str] = json.loads(task_labels)
     have: dict[str, str] = json.loads(runner_labels)
     return all(have.get(k) == v for k, v in wanted.items())
+
+
+__all__ = [
+    "MOVES",
+    "TERMINAL",
+    "Params",
+    "Q",
+    "R",
+    "Rows",
+    "TaskState",
+    "held_leases",
+    "labels_match",
+    "note",
+    "transition",
+]

@@ -9,8 +9,9 @@ Attempts: a task starts at attempt 1. An infrastructure failure (or an expired l
 with attempt + 1 after an exponential backoff, until `max_attempts` runs have failed; then it is
 `dead` with its last error. An application error fails it at once, unless it asked to retry.
 
-What a task is (`TaskSpec`, `KINDS`) and submitting it live in task_intake.py; `TaskQueue` here
-adds the runner's side (claim, heartbeat, report, reap) and the operator's (cancel, retry).
+What a task is (`TaskSpec`) and submitting it live in intake.py; the task kinds and states are
+the agent protocol's (`TaskKind`, `KINDS`, `TaskState`, `TERMINAL`), re-exported here. `TaskQueue`
+here adds the runner's side (claim, heartbeat, report, reap) and the operator's (cancel, retry).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bitinglip_agent.protocol import KINDS, TaskKind
+
 from bitinglip.config import QueueConfig
-from bitinglip.control.queue.intake import KINDS, TaskIntake, TaskSpec, compact_json
+from bitinglip.control.queue.intake import TaskIntake, TaskSpec, compact_json
 from bitinglip.control.queue.states import (
     MOVES,
     TERMINAL,
@@ -391,4 +394,14 @@ class TaskQueue(TaskIntake):
         return None if row[0] is None else float(row[0])
 
 
-__all__ = ["KINDS", "MOVES", "TERMINAL", "Beat", "Claim", "TaskQueue", "TaskSpec", "TaskState"]
+__all__ = [
+    "KINDS",
+    "MOVES",
+    "TERMINAL",
+    "Beat",
+    "Claim",
+    "TaskKind",
+    "TaskQueue",
+    "TaskSpec",
+    "TaskState",
+]

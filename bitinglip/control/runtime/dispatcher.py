@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bitinglip_agent.protocol import RETRYABLE
+from bitinglip_agent.protocol import LIGHT_KINDS, PULL_KINDS, RETRYABLE
 
 from bitinglip.agent_bundle import Bundle
 from bitinglip.config import HostConfig, Profile
@@ -44,9 +44,7 @@ from bitinglip.errors import BitinglipError, StoreError
 
 log = logging.getLogger(__name__)
 
-LIGHT_KINDS = ("echo",)
 LIGHT_SLOTS = 256
-PULL_KINDS = ("pull", "remove")
 PULL_SLOTS = 2  # downloads at once per host, beside its inference slots
 OUTPUT_FLUSH_S = 0.05
 RESTART_BACKOFF_S = (0.5, 30.0)

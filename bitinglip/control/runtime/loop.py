@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, TaskKind
+
 from bitinglip.config import Profile
 from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.control.runtime import controller
@@ -159,7 +161,7 @@ class ControlLoop:
 
     def _sleep(self, queue: TaskQueue, timer_at: float) -> None:
         wake = timer_at - time.monotonic()
-        kinds = ("echo",) if self.dispatcher is None else ("echo", "generate", "chat", "embed")
+        kinds = (TaskKind.ECHO,) if self.dispatcher is None else (*LIGHT_KINDS, *MODEL_KINDS)
         due = queue.next_due(kinds)
         if due is not None:
             wake = min(wake, due - time.time())
@@ -205,7 +207,7 @@ class ControlLoop:
 
     def _run_echo(self, queue: TaskQueue) -> int:
         """Echo in process: the result is the payload. A batch in two commits."""
-        claims = queue.claim(self.owner, limit=ECHO_BATCH, kinds=("echo",))
+        claims = queue.claim(self.owner, limit=ECHO_BATCH, kinds=(TaskKind.ECHO,))
         if not claims:
             return 0
         queue.complete_many([(c.task_id, c.token, c.payload) for c in claims])
