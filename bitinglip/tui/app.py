@@ -2,9 +2,12 @@
 filter line and a footer of keys. It gets its backend by injection (`ConsoleApp(backend)`), so
 tests and the benchmark drive the same app against a real control plane.
 
-Attributes down, messages up: the app tells views to refresh; views read through the backend in
-workers and post `View.Refreshed`; actions report through `acted`, which notifies the user and
-posts `Acted` for whoever listens (the tests do).
+Attributes down, messages up: the app builds every view with its `Context` (the backend, the
+keys, the read-only flag, the clock) and tells views to refresh; views read through the backend
+in workers and post `View.Refreshed`. What a view needs of the app it posts
+(`bitinglip.tui.messages`, handled in `ConsoleApp`): a task or a host to open, the pull form, a
+view to show, the header to repaint, and how an action went (`Reported`), which the app tells the
+user and posts as `Acted` for whoever listens (the tests do). No view imports this module.
 """
 
 from __future__ import annotations
@@ -14,32 +17,41 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, ContentSwitcher, Footer, Input, Static
+from textual.widgets import ContentSwitcher, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue import views as task_views
-from bitinglip.control.runtime import controller
-from bitinglip.control.store import data_dir
+from bitinglip.control import (
+    TERMINAL,
+    ControllerInfo,
+    ControlPlane,
+    TaskState,
+    ensure_private_dir,
+    open_private,
+)
 from bitinglip.errors import StoreError
 from bitinglip.readable import error_line
 from bitinglip.tui.backend import Backend
 from bitinglip.tui.commands import ViewCommands
+from bitinglip.tui.context import Context
+from bitinglip.tui.forms import confirm
+from bitinglip.tui.messages import CrumbsChanged, OpenHost, OpenPull, OpenTask, Reported, ShowView
 from bitinglip.tui.views.base import MUTATING, View
 from bitinglip.tui.views.gpus import GpusView
+from bitinglip.tui.views.host_screen import HostScreen
 from bitinglip.tui.views.hosts import HostsView
 from bitinglip.tui.views.jobs import JobsView
 from bitinglip.tui.views.logs import LogsView
 from bitinglip.tui.views.models import ModelsView
 from bitinglip.tui.views.pulls import PullsView
+from bitinglip.tui.views.task_detail import TaskScreen
 from bitinglip.tui.views.tasks import TasksView
 
 VIEW_TYPES: tuple[type[View], ...] = (
@@ -68,37 +80,7 @@ GLOBAL_ACTIONS = {  # [keys] action -> (the app's action, footer text)
     "quit": ("quit", "quit"),
     "back": ("go_back", "back"),
 }
-IN_FLIGHT = ("queued", "leased", "running")
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    """Asks a yes/no question; `y`/Enter on Yes confirms, `n`/Escape refuses."""
-
-    BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
-        Binding("y", "answer(True)", "yes"),
-        Binding("n,escape", "answer(False)", "no"),
-    ]
-
-    def __init__(self, question: str) -> None:
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="confirm"):
-            yield Static(self.question, id="question")
-            with Horizontal(id="answers"):
-                yield Button("Yes (y)", id="yes", variant="error")
-                yield Button("No (n)", id="no", variant="primary")
-
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
-
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
+IN_FLIGHT = tuple(state for state in TaskState if state not in TERMINAL)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -147,7 +129,8 @@ class ConsoleApp(App[int]):
         self.readonly = backend.readonly
         self.start_view = start
         self.tick_s = tick_s
-        self.views = {cls.VIEW: cls() for cls in VIEW_TYPES}
+        self.context = Context(backend, self.keys, now, tick_s)  # what every view is given
+        self.views = {cls.VIEW: cls(self.context) for cls in VIEW_TYPES}
         self.crash_log: Path | None = None
         self.holder: str | None = None  # who runs the control loop, when this console does not
         self._header = Static("", id="header", markup=False)
@@ -281,10 +264,7 @@ class ConsoleApp(App[int]):
         word, rest = words[0].lower(), (words[1] if len(words) > 1 else "")
         name = ALIASES.get(word, word)
         if name in self.views:
-            view = self.show_view(name)
-            if rest:
-                view.set_filter(rest)
-                self.paint_header()
+            self.show_filtered(name, rest)
         elif word in ("q", "quit", "exit"):
             self.call_next(self.action_quit)
         elif word in ("help", "h", "?"):
@@ -292,6 +272,12 @@ class ConsoleApp(App[int]):
         else:
             known = ", ".join(f":{v}" for v in self.views)
             self.notify(f"unknown command {word!r}; try {known}, :help, :q", severity="error")
+
+    def show_filtered(self, name: str, filter_text: str) -> None:
+        view = self.show_view(name)
+        if filter_text:
+            view.set_filter(filter_text)
+            self.paint_header()
 
     def _command_hint(self) -> str:
         return "command: " + " ".join(f":{v.VIEW}" for v in VIEW_TYPES) + " :help :q"
@@ -329,23 +315,47 @@ class ConsoleApp(App[int]):
                     f"This console is the controller and {busy} task(s) are in flight. "
                     "Quit? Running tasks get the grace period, then go back to the queue."
                 )
-                self.confirm(question, lambda: self.exit(0))
+                confirm(self, question, lambda: self.exit(0))
                 return
         self.exit(0)
-
-    def confirm(self, question: str, then: Callable[[], Any]) -> None:
-        """Ask `question`; call `then` (on the UI thread) only on yes."""
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                then()
-
-        self.push_screen(ConfirmScreen(question), answered)
 
     def acted(self, action: str, ok: bool, detail: str) -> None:
         """Tell the user how an action went (one line) and post `Acted`."""
         self.notify(detail, severity="information" if ok else "error", markup=False)
         self.post_message(self.Acted(action, ok, detail))
+
+    # -- what views ask of the app ---------------------------------------------------------
+
+    @on(Reported)
+    def _reported(self, event: Reported) -> None:
+        self.acted(event.action, event.ok, event.detail)
+
+    @on(OpenTask)
+    def _open_task(self, event: OpenTask) -> None:
+        self.push_screen(TaskScreen(self.context, event.task_id))
+
+    @on(OpenHost)
+    def _open_host(self, event: OpenHost) -> None:
+        """A full screen: its own header line, the console's with the host's name at the end."""
+        crumbs = ["BitingLip", self.backend.profile.name, *self.crumbs(), event.host.name]
+        heading = f"{' ▸ '.join(crumbs)}   [{self.backend.role}]"
+        self.push_screen(HostScreen(self.context, event.host, heading))
+
+    @on(OpenPull)
+    def _open_pull(self, event: OpenPull) -> None:
+        models = self.views["models"]
+        assert isinstance(models, ModelsView)
+        models.open_pull(event.ref, event.host)
+
+    @on(ShowView)
+    def _show_view(self, event: ShowView) -> None:
+        self.show_filtered(event.view, event.filter_text)
+
+    @on(CrumbsChanged)
+    def _crumbs_changed(self) -> None:
+        self.paint_header()
+        if len(self.screen_stack) > 1:  # a screen over the views: the header shows through it
+            self.screen.refresh()
 
     # -- failures --------------------------------------------------------------------------
 
@@ -360,9 +370,9 @@ class ConsoleApp(App[int]):
         traceback to a crash log beside the state database so the user can report it."""
         folder = self.backend.profile.data_dir
         try:
-            data_dir.ensure(folder)
+            ensure_private_dir(folder)
             path = folder / f"console-crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
-            fd = data_dir.open_private(path, os.O_WRONLY | os.O_TRUNC)  # 0600: it may quote prompts
+            fd = open_private(path, os.O_WRONLY | os.O_TRUNC)  # 0600: it may quote prompts
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write("".join(traceback.format_exception(error)))
             self.crash_log = path
@@ -376,10 +386,10 @@ def key_name(key: str) -> str:
     return next(iter(Binding.make_bindings([(key, "noop")]))).key
 
 
-def _holder(plane: ControlPlane) -> controller.ControllerInfo | None:
+def _holder(plane: ControlPlane) -> ControllerInfo | None:
     holder = plane.controller()
     return holder if holder is not None and holder.alive else None
 
 
 def _counts(plane: ControlPlane) -> dict[str, int]:
-    return task_views.counts(plane.store)
+    return plane.task_counts()

@@ -24,9 +24,13 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from bitinglip.config import Profile
-from bitinglip.control.plane import ControlPlane, open_control_plane
-from bitinglip.control.runtime.loop import ControlLoop
-from bitinglip.control.store import data_dir
+from bitinglip.control import (
+    ControlLoop,
+    ControlPlane,
+    ensure_private_dir,
+    open_control_plane,
+    open_private,
+)
 
 T = TypeVar("T")
 
@@ -55,8 +59,8 @@ class LogRing(logging.Handler):
 
     def open(self) -> None:
         if self.path is not None and self._file is None:
-            data_dir.ensure(self.path.parent)
-            fd = data_dir.open_private(self.path, os.O_WRONLY | os.O_APPEND)  # prompts: 0600
+            ensure_private_dir(self.path.parent)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)  # prompts: 0600
             self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -108,7 +112,7 @@ class Backend:
 
     def start(self) -> None:
         """Open the database (on the backend thread) and, unless read-only, run a control loop."""
-        data_dir.ensure(self.profile.data_dir)
+        ensure_private_dir(self.profile.data_dir)
         self._plane = self._pool.submit(open_control_plane, self.profile).result()
         self.log.open()
         logging.getLogger("bitinglip").addHandler(self.log)

@@ -1,14 +1,15 @@
-"""The console's small forms: a number, a path, and the task submit form.
+"""The console's small forms: a yes/no question, a number, a path, and the task submit form.
 
-Each is a modal screen that returns what was entered (`dismiss(value)`), or None when the user
-backs out (Escape); the caller does the work. A form checks what it can itself (a number is a
-number, a label is `key=value`) and says what is wrong on its own error line; the control plane
-checks the rest (a known host, a known model) when the caller submits.
+Each is a modal screen that returns what was entered (`dismiss(value)`), or None when the user backs
+out (Escape); the caller does the work. A view pushes its own forms (`self.app.push_screen(form,
+callback)`): the answer comes back to it. A form checks what it can itself (a number is a number, a
+label is `key=value`) and says what is wrong on its own error line; the control plane checks the
+rest (a known host, a known model) when the caller submits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -16,10 +17,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.dom import DOMNode
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control import TaskSpec
 from bitinglip.errors import InputError
 
 FORM_CSS = """
@@ -41,6 +43,46 @@ FORM_CSS = """
     .form-buttons Button { margin-left: 2; }
 """
 KINDS = (("prompt (generate)", "generate"), ("chat (one user message)", "chat"))
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Asks a yes/no question; `y`/Enter on Yes confirms, `n`/Escape refuses."""
+
+    BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n,escape", "answer(False)", "no"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Static(self.question, id="question")
+            with Horizontal(id="answers"):
+                yield Button("Yes (y)", id="yes", variant="error")
+                yield Button("No (n)", id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+def confirm(node: DOMNode, question: str, then: Callable[[], Any]) -> None:
+    """Ask `question` over `node`'s app; call `then` (on the UI thread) only on yes."""
+
+    def answered(yes: bool | None) -> None:
+        if yes:
+            then()
+
+    node.app.push_screen(ConfirmScreen(question), answered)
 
 
 class ValueForm(ModalScreen[str | None]):

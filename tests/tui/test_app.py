@@ -16,7 +16,8 @@ from bitinglip.config import Profile
 from bitinglip.control.queue.tasks import TaskSpec
 from bitinglip.control.runtime import controller
 from bitinglip.control.store.db import open_store
-from bitinglip.tui.app import ConfirmScreen, ConsoleApp, HelpScreen
+from bitinglip.tui.app import ConsoleApp, HelpScreen
+from bitinglip.tui.forms import ConfirmScreen
 from tests.conftest import NOWHERE
 
 VIEWS = ("hosts", "gpus", "tasks", "jobs", "models", "pulls", "logs")

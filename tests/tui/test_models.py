@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Static
 from bitinglip.control.models import registry
 from bitinglip.control.plane import ControlPlane
 from bitinglip.readable import human_size
-from bitinglip.tui.app import ConfirmScreen, ConsoleApp
+from bitinglip.tui.app import ConsoleApp
+from bitinglip.tui.forms import ConfirmScreen
 from bitinglip.tui.views.model_fit import FitScreen
 from bitinglip.tui.views.model_pull import PullScreen
 from bitinglip.tui.views.model_remove import HostChoiceScreen

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static
 
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.queue.tasks import TaskState
-from bitinglip.tui.app import ConfirmScreen
+from bitinglip.tui.forms import ConfirmScreen
 from bitinglip.tui.views.pulls import PullRow, PullsView
 from bitinglip.tui.views.task_detail import TaskScreen
 from tests.hub.conftest import hub  # noqa: F401

@@ -12,7 +12,8 @@ from textual.widgets import Static
 
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.queue.tasks import TERMINAL, TaskSpec, TaskState
-from bitinglip.tui.app import ConfirmScreen, ConsoleApp
+from bitinglip.tui.app import ConsoleApp
+from bitinglip.tui.forms import ConfirmScreen
 from bitinglip.tui.views.task_detail import TaskScreen
 from bitinglip.tui.views.tasks import TasksView
 from tests.agents.conftest import INFER_ENV

@@ -14,8 +14,8 @@ from textual.widgets import Input, Select
 
 from bitinglip.control.plane import ControlPlane
 from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
-from bitinglip.tui.app import ConfirmScreen, ConsoleApp
-from bitinglip.tui.forms import SubmitForm, ValueForm
+from bitinglip.tui.app import ConsoleApp
+from bitinglip.tui.forms import ConfirmScreen, SubmitForm, ValueForm
 from bitinglip.tui.views.task_detail import TaskScreen
 from tests.conftest import NOWHERE
 from tests.tui.conftest import Console

@@ -8,20 +8,22 @@ with its timings (the benchmark and the tests listen for it).
 Keys: a view lists the console actions it offers in `ACTIONS` (names from `[keys]` in the
 profile, see `bitinglip.config_sections.DEFAULT_KEYS`); the base binds them to the profile's keys
 and hides the ones in `MUTATING` when the console is read-only.
+
+Attributes down, messages up: a view gets what it reads (the backend, the keys, the read-only
+flag, the clock) as its `Context` when the app builds it, and posts what the app must do
+(`bitinglip.tui.messages`); it never imports the app.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from textual.containers import Vertical
 from textual.message import Message
 
-from bitinglip.control.plane import ControlPlane
-
-if TYPE_CHECKING:
-    from bitinglip.tui.app import ConsoleApp
+from bitinglip.control import ControlPlane
+from bitinglip.tui.context import Context
 
 # Actions that change state: they ask first (where destructive) and are hidden when read-only.
 MUTATING = frozenset({"cancel", "retry", "priority", "submit", "batch", "pull", "remove"})
@@ -44,20 +46,13 @@ class View(Vertical):
             self.view, self.fetch_ms, self.show_ms = view, fetch_ms, show_ms
             self.started = started
 
-    def __init__(self) -> None:
+    def __init__(self, context: Context) -> None:
         super().__init__(id=f"view-{self.VIEW}")
+        self.context = context
         self.filter_text = ""
 
-    @property
-    def console(self) -> ConsoleApp:
-        from bitinglip.tui.app import ConsoleApp
-
-        app = self.app
-        assert isinstance(app, ConsoleApp)
-        return app
-
     def on_mount(self) -> None:
-        keys = self.console.keys
+        keys = self.context.keys
         for action, description in self.ACTIONS.items():
             self._bindings.bind(keys[action], action, description)
 
@@ -70,7 +65,7 @@ class View(Vertical):
         self.app.set_focus(None)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action in MUTATING and self.console.readonly)
+        return not (action in MUTATING and self.context.readonly)
 
     # -- refreshing ------------------------------------------------------------------------
 
@@ -93,7 +88,7 @@ class View(Vertical):
 
     async def _load(self) -> None:
         started = time.perf_counter()
-        data = await self.console.backend.call(self.fetch)
+        data = await self.context.backend.call(self.fetch)
         fetched = time.perf_counter()
         self.show(data)
         shown = time.perf_counter()

@@ -16,8 +16,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from bitinglip.control.fleet.telemetry_views import FleetReader
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane, FleetReader
+from bitinglip.tui.context import Context
+from bitinglip.tui.messages import OpenHost
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.host_paint import Columns, header, paint_gpu
 from bitinglip.tui.views.host_rows import GpuRow, gpu_fields, gpu_rows, matches
@@ -41,8 +42,8 @@ class GpusView(View):
     GpusView #gpus-summary { height: 1; padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self.reader = FleetReader()  # used on the backend thread only
         self._summary = ""
 
@@ -55,7 +56,7 @@ class GpusView(View):
 
     def fetch(self, plane: ControlPlane) -> GpusData:
         names = [h.name for h in plane.profile.hosts]
-        telemetry = self.reader.read(plane.store, names)
+        telemetry = plane.fleet.telemetry(self.reader, names)
         rows: list[GpuRow] = []
         for name in names:
             rows.extend(gpu_rows(name, telemetry.latest.get(name) or {}, telemetry.history))
@@ -81,9 +82,7 @@ class GpusView(View):
 
     @on(RowList.Selected, "#gpus-list")
     def _open_host(self, event: RowList.Selected) -> None:
-        from bitinglip.tui.views.host_screen import HostScreen
-
         host = event.key.rpartition("/")[0]
-        config = next((h for h in self.console.backend.profile.hosts if h.name == host), None)
+        config = next((h for h in self.context.profile.hosts if h.name == host), None)
         if config is not None:
-            self.app.push_screen(HostScreen(config))
+            self.post_message(OpenHost(config))

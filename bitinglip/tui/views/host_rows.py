@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitinglip.config import HostConfig
-from bitinglip.control.fleet.hosts import SIGNALS
-from bitinglip.control.fleet.telemetry_ring import HOST_ROW
-from bitinglip.control.fleet.telemetry_views import FleetTelemetry, History
+from bitinglip.control import HOST_ROW, SIGNALS, FleetTelemetry, History
 from bitinglip.readable import age
 
 NOT_SEEN = "no controller has seen it yet"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.table import Table
@@ -20,14 +20,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from bitinglip.config import HostConfig
-from bitinglip.control.fleet import views as host_views
-from bitinglip.control.fleet.hosts import load_hosts
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane, HostModel, HostTask
 from bitinglip.readable import age
+from bitinglip.tui.context import Context
 from bitinglip.tui.views.host_rows import GpuRow, gpu_rows, verdict
-
-if TYPE_CHECKING:
-    from bitinglip.tui.app import ConsoleApp
 
 GIB = 1 << 30
 STATE_STYLES = {"ok": "green", "bad": "red", "unknown": "grey50"}
@@ -37,28 +33,28 @@ FACTS = ("hostname", "os", "arch", "python", "cpu_count", "ram_bytes", "version"
 @dataclass(frozen=True)
 class HostDetail:
     config: HostConfig
-    state: Mapping[str, Any] | None  # the hosts table's row (`load_hosts`)
+    state: Mapping[str, Any] | None  # the hosts table's row (`plane.fleet.hosts`)
     gpus: tuple[GpuRow, ...]
-    models: list[host_views.HostModel]
-    tasks: list[host_views.HostTask]
+    models: list[HostModel]
+    tasks: list[HostTask]
 
 
 def read_host(plane: ControlPlane, config: HostConfig) -> HostDetail:
     """Everything the screen shows, on the backend thread."""
-    store = plane.store
-    state = next((row for row in load_hosts(store) if row["name"] == config.name), None)
-    snapshot = host_views.latest_snapshot(store, config.name) or {}
+    fleet = plane.fleet
+    snapshot = fleet.snapshot(config.name) or {}
     return HostDetail(
         config=config,
-        state=state,
+        state=fleet.hosts().get(config.name),
         gpus=gpu_rows(config.name, snapshot, {}),
-        models=host_views.models_on(store, config.name, plane.profile),
-        tasks=host_views.recent_tasks(store, config.name),
+        models=fleet.models_on(config.name),
+        tasks=fleet.recent_tasks(config.name),
     )
 
 
 class HostScreen(Screen[None]):
-    """`crumb` is the host's name (the header's breadcrumbs end with it)."""
+    """`HostScreen(context, config, heading)`: `heading` is the console's header line (its
+    breadcrumbs end with `crumb`, the host's name), shown at the top of this full screen."""
 
     DEFAULT_CSS = """
     HostScreen #host-header { height: 1; background: $primary-background; padding: 0 1; }
@@ -75,19 +71,14 @@ class HostScreen(Screen[None]):
             super().__init__()
             self.host = host
 
-    def __init__(self, config: HostConfig) -> None:
+    def __init__(self, context: Context, config: HostConfig, heading: str) -> None:
         super().__init__()
+        self.context = context
         self.config = config
+        self.heading = heading
         self.crumb = config.name
         self.shown = 0  # reads painted so far
         self.detail: HostDetail | None = None  # the last one
-
-    @property
-    def console(self) -> ConsoleApp:
-        from bitinglip.tui.app import ConsoleApp
-
-        assert isinstance(self.app, ConsoleApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield Static("", id="host-header")
@@ -102,12 +93,10 @@ class HostScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        app = self.console
-        crumbs = " ▸ ".join(["BitingLip", app.backend.profile.name, *app.crumbs()])
-        self.query_one("#host-header", Static).update(Text(f"{crumbs}   [{app.backend.role}]"))
+        self.query_one("#host-header", Static).update(Text(self.heading))
         self.query_one("#host-body", VerticalScroll).focus()
         self.reload()
-        self.set_interval(app.tick_s, self.reload)
+        self.set_interval(self.context.tick_s, self.reload)
 
     def reload(self) -> None:
         self.run_worker(
@@ -119,14 +108,14 @@ class HostScreen(Screen[None]):
         )
 
     async def _load(self) -> None:
-        detail = await self.console.backend.call(read_host, self.config)
+        detail = await self.context.backend.call(read_host, self.config)
         self.show(detail)
         self.shown += 1
         self.post_message(self.Shown(self.config.name))
 
     def show(self, detail: HostDetail) -> None:
         self.detail = detail
-        now = self.console.now()
+        now = self.context.now()
         self.query_one("#host-health", Static).update(health_table(detail, now))
         self.query_one("#host-facts", Static).update(facts_table(detail))
         self.query_one("#host-gpus", Static).update(gpus_table(detail))

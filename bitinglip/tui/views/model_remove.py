@@ -16,8 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from bitinglip.control.models import registry
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane
 from bitinglip.errors import BitinglipError, NotFoundError, StateError
 from bitinglip.tui.views.model_search import dialog_css
 
@@ -56,7 +55,7 @@ def remove_copies(plane: ControlPlane, model_id: int, hosts: list[str], forget: 
     """Delete the model's copies on `hosts` (backend thread); with `forget`, and when all went,
     drop the model from the registry. The line that says what happened; StateError naming each
     copy that was kept and why."""
-    model = registry.get(plane.store, model_id)
+    model = plane.models.get(model_id)
     if model is None:
         raise NotFoundError(f"no model {model_id} in the registry")
     label = f"{model['repo']}:{model['file']}"
@@ -73,6 +72,6 @@ def remove_copies(plane: ControlPlane, model_id: int, hosts: list[str], forget: 
         raise StateError(f"{label}: {done}kept: {'; '.join(kept)}")
     line = f"removed {label} from {', '.join(removed)}" if removed else f"{label} had no copy"
     if forget:
-        registry.unregister(plane.store, model_id)
+        plane.models.unregister(model_id)
         line += "; no longer registered"
     return line

@@ -1,5 +1,5 @@
 """What the Models view shows, read on the backend thread: one row per registered model file
-(`registry.rows`) and one per profile alias that no registered model answers yet, with each
+(`plane.models.rows`) and one per profile alias that no registered model answers yet, with each
 host's copy state as a cell (`ready`, `loaded`, `pulling 42%`, `quarantined`, `failed`).
 
 A pull's percentage comes from its task's progress (the agent reports bytes as they land); the
@@ -13,15 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bitinglip.config import ModelAlias
-from bitinglip.control.models import aliases as local_models
-from bitinglip.control.models import registry
-from bitinglip.control.models.refs import parse_quant
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane, CopyState, models_dir, parse_quant
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, human_size
 
 NOT_PULLED = "not pulled"
-PROBLEMS = (registry.QUARANTINED, registry.FAILED)
+PROBLEMS = (CopyState.QUARANTINED, CopyState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -38,9 +35,9 @@ class Copy:
     def describe(self, now: float) -> str:
         """`ready at /models/x.gguf, used 3m ago`, or `pulling 42% (task 7)`."""
         words = self.text.removesuffix(" ✗")
-        if self.task_id is not None and self.state == registry.PULLING:
+        if self.task_id is not None and self.state == CopyState.PULLING:
             words += f" (task {self.task_id})"
-        if self.path and self.state in (registry.READY, "loaded"):
+        if self.path and self.state in (CopyState.READY, "loaded"):
             words += f" at {self.path}"
         if self.last_used_at is not None:
             words += f", used {age(now - self.last_used_at)} ago"
@@ -91,7 +88,7 @@ class ModelsData:
 def read_models(plane: ControlPlane) -> ModelsData:
     """The registry and the profile's aliases, as rows (backend thread)."""
     profile = plane.profile
-    rows = [_registered(m, _pull_progress(plane, m)) for m in registry.rows(plane.store, profile)]
+    rows = [_registered(m, _pull_progress(plane, m)) for m in plane.models.rows()]
     rows += [
         _alias_row(plane, alias) for alias in profile.models.values() if _unpulled(plane, alias)
     ]
@@ -105,7 +102,7 @@ def _pull_progress(plane: ControlPlane, model: Mapping[str, Any]) -> dict[str, f
     progress (none yet: queued, or connecting)."""
     done: dict[str, float] = {}
     for host, copy in model["hosts"].items():
-        if copy["state"] != registry.PULLING or copy["task_id"] is None:
+        if copy["state"] != CopyState.PULLING or copy["task_id"] is None:
             continue
         try:
             progress = plane.task(int(copy["task_id"])).progress
@@ -138,9 +135,9 @@ def _registered(model: Mapping[str, Any], progress: Mapping[str, float]) -> Mode
 def _copy(copy: Mapping[str, Any], fraction: float | None) -> Copy:
     state = str(copy["state"])
     text = state
-    if state == registry.READY and copy["loaded"]:
+    if state == CopyState.READY and copy["loaded"]:
         state = text = "loaded"
-    elif state == registry.PULLING:
+    elif state == CopyState.PULLING:
         text = "pulling" if fraction is None else f"pulling {percent(fraction)}"
     elif state in PROBLEMS:
         text = f"{state} ✗"
@@ -152,7 +149,7 @@ def _unpulled(plane: ControlPlane, alias: ModelAlias) -> bool:
     if not alias.source.startswith("hf:"):
         return True
     try:
-        return registry.find(plane.store, alias.name, plane.profile) is None
+        return plane.models.find(alias.name) is None
     except BitinglipError:  # several registered files match: they are listed already
         return False
 
@@ -160,9 +157,9 @@ def _unpulled(plane: ControlPlane, alias: ModelAlias) -> bool:
 def _alias_row(plane: ControlPlane, alias: ModelAlias) -> ModelRow:
     kind, _, where = alias.source.partition(":")
     copies: dict[str, Copy] = {}
-    if kind == "pypi" and (local_models.models_dir(plane.profile) / f"{alias.name}.gguf").is_file():
+    if kind == "pypi" and (models_dir(plane.profile) / f"{alias.name}.gguf").is_file():
         local = [h.name for h in plane.profile.hosts if h.kind == "local"]
-        copies = {host: Copy(registry.READY, "ready") for host in local}
+        copies = {host: Copy(CopyState.READY, "ready") for host in local}
     file = alias.file or ("-" if kind == "hf" else f"{alias.name}.gguf")
     return ModelRow(
         key=f"alias:{alias.name}",

@@ -1,13 +1,13 @@
 """Hub search: a query line and the matching repos; from a result, its fit table or a pull.
 
-The search is `hub.search` (one request to $HF_ENDPOINT) in a thread worker; a hub that cannot
+The search is `search_hub` (one request to $HF_ENDPOINT) in a thread worker; a hub that cannot
 be reached, refuses, or is gated becomes one line on the screen and in a notification.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -16,13 +16,11 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
-from bitinglip.control.models import hub
-from bitinglip.control.models.refs import RepoSummary
+from bitinglip.control import RepoSummary, hub_endpoint, search_hub
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import error_line
-
-if TYPE_CHECKING:
-    from bitinglip.tui.app import ConsoleApp
+from bitinglip.tui.context import Context
+from bitinglip.tui.messages import OpenPull, Reported
 
 LIMIT = 50
 _DIALOG_CSS = """
@@ -69,25 +67,19 @@ class SearchScreen(ModalScreen[None]):
     ]
     crumb = "search"
 
-    def __init__(self, query: str = "") -> None:
+    def __init__(self, context: Context, query: str = "") -> None:
         super().__init__()
+        self.context = context
         self.query_text = query
         self.results: list[RepoSummary] = []
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action == "pull" and self.console.readonly)  # hidden when read-only
-
-    @property
-    def console(self) -> ConsoleApp:
-        from bitinglip.tui.app import ConsoleApp
-
-        assert isinstance(self.app, ConsoleApp)
-        return self.app
+        return not (action == "pull" and self.context.readonly)  # hidden when read-only
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="model-dialog"):
             yield Static(
-                f"Search the hub ({hub.endpoint()}) for GGUF repos", classes="dialog-title"
+                f"Search the hub ({hub_endpoint()}) for GGUF repos", classes="dialog-title"
             )
             yield Input(self.query_text, placeholder="text in the repo id, e.g. qwen2.5", id="q")
             yield Static("Enter searches.", id="search-status", classes="dialog-status")
@@ -96,7 +88,7 @@ class SearchScreen(ModalScreen[None]):
             yield table
 
     def on_mount(self) -> None:
-        keys = self.console.keys
+        keys = self.context.keys
         self._bindings.bind(keys["fit"], "fit", "fit table")
         self._bindings.bind(keys["pull"], "pull", "pull")
         self.query_one("#q", Input).focus()
@@ -120,10 +112,10 @@ class SearchScreen(ModalScreen[None]):
     async def _search(self, query: str) -> None:
         status = self.query_one("#search-status", Static)
         try:
-            found = await asyncio.to_thread(hub.search, query, limit=LIMIT)
+            found = await asyncio.to_thread(search_hub, query, limit=LIMIT)
         except BitinglipError as exc:
             status.update(f"[b]hub error:[/b] {error_line(exc)}")
-            self.console.acted("search", False, error_line(exc))
+            self.post_message(Reported("search", False, error_line(exc)))
             return
         self.results = found
         table = self.query_one("#search-results", DataTable)
@@ -135,7 +127,7 @@ class SearchScreen(ModalScreen[None]):
         status.update(line + ("; Enter shows a repo's fit table" if found else ""))
         if found:
             table.focus()
-        self.console.acted("search", True, line)
+        self.post_message(Reported("search", True, line))
 
     def _highlighted(self) -> str | None:
         table = self.query_one("#search-results", DataTable)
@@ -150,11 +142,7 @@ class SearchScreen(ModalScreen[None]):
     def action_fit(self) -> None:
         from bitinglip.tui.views.model_fit import FitScreen
 
-        self.app.push_screen(FitScreen(self._highlighted() or ""))
+        self.app.push_screen(FitScreen(self.context, self._highlighted() or ""))
 
     def action_pull(self) -> None:
-        from bitinglip.tui.views.models import ModelsView
-
-        view = self.console.views["models"]
-        assert isinstance(view, ModelsView)
-        view.open_pull(self._highlighted() or "")
+        self.post_message(OpenPull(self._highlighted() or ""))

@@ -16,9 +16,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from bitinglip.control.plane import ControlPlane
+from bitinglip.control import ControlPlane
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import error_line, human_size
+from bitinglip.tui.context import Context
+from bitinglip.tui.forms import confirm
+from bitinglip.tui.messages import Reported
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.model_fit import FitScreen
 from bitinglip.tui.views.model_pull import PullRequest, PullScreen, run_pull
@@ -54,8 +57,8 @@ class ModelsView(View):
     ModelsView #models-problems { height: auto; max-height: 8; padding: 0 1; color: $error; }
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self.shown: list[ModelRow] = []
         self._painted: tuple[Any, ...] | None = None
         self._want: str | None = None  # a row to highlight once it shows (a pulled model)
@@ -80,7 +83,7 @@ class ModelsView(View):
     @on(DataTable.RowHighlighted, "#models-table")
     def _show_detail(self) -> None:
         row = self.selected
-        line = row.detail(self.console.now()) if row is not None else ""
+        line = row.detail(self.context.now()) if row is not None else ""
         self.query_one("#models-detail", Static).update(line)
 
     def _paint_table(self, hosts: list[str], rows: list[ModelRow]) -> None:
@@ -112,11 +115,11 @@ class ModelsView(View):
     # -- actions ---------------------------------------------------------------------------
 
     def action_search(self) -> None:
-        self.app.push_screen(SearchScreen())
+        self.app.push_screen(SearchScreen(self.context))
 
     def action_fit(self) -> None:
         row = self.selected
-        self.app.push_screen(FitScreen(row.repo or "" if row is not None else ""))
+        self.app.push_screen(FitScreen(self.context, row.repo or "" if row is not None else ""))
 
     def action_pull(self) -> None:
         row = self.selected
@@ -133,23 +136,23 @@ class ModelsView(View):
                     self._pull(request), group="pull", exit_on_error=False, description="pull"
                 )
 
-        self.app.push_screen(PullScreen(self.console.backend.profile, ref, host), sent)
+        self.app.push_screen(PullScreen(self.context.profile, ref, host), sent)
 
     async def _pull(self, request: PullRequest) -> None:
         try:
-            line, model_id = await run_pull(self.console.backend, request)
+            line, model_id = await run_pull(self.context.backend, request)
         except BitinglipError as exc:
-            self.console.acted("pull", False, f"pull {request.ref}: {error_line(exc)}")
+            self.post_message(Reported("pull", False, f"pull {request.ref}: {error_line(exc)}"))
             return
         self._want = f"model:{model_id}" if model_id is not None else None
-        self.console.acted("pull", True, line)
+        self.post_message(Reported("pull", True, line))
         self.reload()
 
     def action_remove(self) -> None:
         row = self.selected
         if row is None or row.model_id is None:
             name = row.name if row is not None else "nothing"
-            self.console.acted("remove", False, f"{name} is not pulled; nothing to remove")
+            self.post_message(Reported("remove", False, f"{name} is not pulled; nothing to remove"))
             return
         hosts = sorted(row.copies)
         if len(hosts) <= 1:
@@ -180,15 +183,15 @@ class ModelsView(View):
                 description="remove",
             )
 
-        self.console.confirm(question, remove)
+        confirm(self, question, remove)
 
     async def _remove(self, model_id: int, hosts: list[str], forget: bool) -> None:
         try:
-            line = await self.console.backend.call(remove_copies, model_id, hosts, forget)
+            line = await self.context.backend.call(remove_copies, model_id, hosts, forget)
         except BitinglipError as exc:
-            self.console.acted("remove", False, error_line(exc))
+            self.post_message(Reported("remove", False, error_line(exc)))
             return
-        self.console.acted("remove", True, line)
+        self.post_message(Reported("remove", True, line))
         self.reload()
 
 

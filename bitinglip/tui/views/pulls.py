@@ -15,15 +15,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue import views as task_views
-from bitinglip.control.queue.tasks import TERMINAL, TaskState
-from bitinglip.control.queue.views import Task
+from bitinglip.control import TERMINAL, ControlPlane, Task, TaskState
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, error_line, human_size
+from bitinglip.tui.context import Context
+from bitinglip.tui.forms import confirm
+from bitinglip.tui.messages import OpenTask, Reported
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.model_rows import keep
-from bitinglip.tui.views.task_detail import TaskScreen
 
 KINDS = ("pull", "remove")
 LIMIT = 500
@@ -138,7 +137,7 @@ def bar(done: int | None, total: int | None) -> str:
 
 
 def read_pulls(plane: ControlPlane) -> list[PullRow]:
-    tasks = task_views.list_tasks(plane.store, kinds=KINDS, limit=LIMIT)
+    tasks = plane.tasks(kinds=KINDS, limit=LIMIT)
     return [PullRow.of(t) for t in tasks]
 
 
@@ -153,8 +152,8 @@ class PullsView(View):
     PullsView #pulls-detail { height: auto; max-height: 4; padding: 0 1; }
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self.shown: list[PullRow] = []
         self._painted: tuple[Any, ...] | None = None
 
@@ -173,7 +172,7 @@ class PullsView(View):
     def show(self, data: Any) -> None:
         assert isinstance(data, list)
         rows = [r for r in data if keep(self.filter_text, _text(r), _tags(r))]
-        now = self.console.now()
+        now = self.context.now()
         painted = (tuple(rows), int(now))
         if painted != self._painted:
             self._paint(rows, now)
@@ -214,15 +213,15 @@ class PullsView(View):
         """The task's detail (events, result, error), followed live."""
         row = self.selected
         if row is not None:
-            self.app.push_screen(TaskScreen(row.task_id))
+            self.post_message(OpenTask(row.task_id))
 
     def action_cancel(self) -> None:
         row = self.selected
         if row is None:
-            self.console.acted("cancel", False, "no pull to cancel")
+            self.post_message(Reported("cancel", False, "no pull to cancel"))
             return
         if row.state in TERMINAL:
-            self.console.acted("cancel", False, f"task {row.task_id} already {row.state}")
+            self.post_message(Reported("cancel", False, f"task {row.task_id} already {row.state}"))
             return
         task_id = row.task_id
 
@@ -232,17 +231,17 @@ class PullsView(View):
             )
 
         what = f"the {row.kind} of {row.file} on {row.host} (task {task_id})"
-        self.console.confirm(f"Cancel {what}?", cancel)
+        confirm(self, f"Cancel {what}?", cancel)
 
     async def _cancel(self, task_id: int) -> None:
         try:
-            outcome = await self.console.backend.call(ControlPlane.cancel, [task_id])
+            outcome = await self.context.backend.call(ControlPlane.cancel, [task_id])
         except BitinglipError as exc:
-            self.console.acted("cancel", False, error_line(exc))
+            self.post_message(Reported("cancel", False, error_line(exc)))
             return
         result = outcome.get(task_id, "not found")
         ok = result in ("canceled", "cancel requested")
-        self.console.acted("cancel", ok, f"task {task_id}: {result}")
+        self.post_message(Reported("cancel", ok, f"task {task_id}: {result}"))
         self.reload()
 
 

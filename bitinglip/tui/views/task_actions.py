@@ -1,8 +1,8 @@
 """What the operator does to tasks, from the Tasks view and from a task's screen alike.
 
 Each action asks first where it is destructive (cancel, retry), runs its control-plane call in
-a worker on the backend thread, and reports through `ConsoleApp.acted`; then `done` runs (the
-caller refreshes). Errors of the control plane become the one line of the report.
+a worker on the backend thread, and posts `Reported` (the app tells the user); then `done` runs
+(the caller refreshes). Errors of the control plane become the one line of the report.
 """
 
 from __future__ import annotations
@@ -10,21 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from textual.dom import DOMNode
+from textual.widget import Widget
 
-from bitinglip.control.models import aliases as models
-from bitinglip.control.models import registry
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.jobs import Job
-from bitinglip.control.queue.tasks import TaskSpec
+from bitinglip.control import ControlPlane, Job, TaskSpec, ensure_local, models_dir
 from bitinglip.errors import BitinglipError, InputError
 from bitinglip.readable import error_line
-from bitinglip.tui.forms import SubmitForm, ValueForm
-
-if TYPE_CHECKING:
-    from bitinglip.tui.app import ConsoleApp
+from bitinglip.tui.context import Context
+from bitinglip.tui.forms import SubmitForm, ValueForm, confirm
+from bitinglip.tui.messages import Reported
 
 Done = Callable[[], Any]
 
@@ -32,16 +27,8 @@ Done = Callable[[], Any]
 class TaskActions:
     """The actions, run by workers of `owner` (a view or a screen); `done` runs after each."""
 
-    def __init__(self, owner: DOMNode, done: Done) -> None:
-        self.owner, self.done = owner, done
-
-    @property
-    def console(self) -> ConsoleApp:
-        from bitinglip.tui.app import ConsoleApp
-
-        app = self.owner.app
-        assert isinstance(app, ConsoleApp)
-        return app
+    def __init__(self, owner: Widget, context: Context, done: Done) -> None:
+        self.owner, self.context, self.done = owner, context, done
 
     def _run(self, action: str, work: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
         async def run() -> None:
@@ -49,7 +36,7 @@ class TaskActions:
                 ok, detail = await work()
             except BitinglipError as exc:
                 ok, detail = False, error_line(exc)
-            self.console.acted(action, ok, detail)
+            self.owner.post_message(Reported(action, ok, detail))
             self.done()
 
         self.owner.run_worker(run(), group=f"act:{action}", exit_on_error=False, description=action)
@@ -58,18 +45,18 @@ class TaskActions:
 
     def cancel(self, task_id: int, what: str) -> None:
         async def work() -> tuple[bool, str]:
-            outcome = (await self.console.backend.call(_cancel, task_id))[task_id]
+            outcome = (await self.context.backend.call(_cancel, task_id))[task_id]
             return outcome in ("canceled", "cancel requested"), f"task {task_id}: {outcome}"
 
-        self.console.confirm(f"Cancel task {task_id} ({what})?", lambda: self._run("cancel", work))
+        confirm(self.owner, f"Cancel task {task_id} ({what})?", lambda: self._run("cancel", work))
 
     def retry(self, task_id: int, what: str) -> None:
         async def work() -> tuple[bool, str]:
-            outcome = (await self.console.backend.call(_retry, task_id))[task_id]
+            outcome = (await self.context.backend.call(_retry, task_id))[task_id]
             return outcome == "queued", f"task {task_id}: {outcome}"
 
         question = f"Run task {task_id} ({what}) again, with a fresh attempt budget?"
-        self.console.confirm(question, lambda: self._run("retry", work))
+        confirm(self.owner, question, lambda: self._run("retry", work))
 
     def priority(self, task_id: int, current: int) -> None:
         def chosen(value: str | None) -> None:
@@ -77,13 +64,13 @@ class TaskActions:
                 return
 
             async def work() -> tuple[bool, str]:
-                await self.console.backend.call(_set_priority, task_id, int(value))
+                await self.context.backend.call(_set_priority, task_id, int(value))
                 return True, f"task {task_id}: priority {int(value)}"
 
             self._run("priority", work)
 
         title = f"Priority of task {task_id} (higher runs first; only a queued task changes)"
-        self.console.push_screen(ValueForm(title, str(current), integer=True), chosen)
+        self.owner.app.push_screen(ValueForm(title, str(current), integer=True), chosen)
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -91,8 +78,8 @@ class TaskActions:
         """The submit form; a queued task is handed to `then` (its id)."""
 
         async def open_form() -> None:
-            models, hosts = await self.console.backend.call(_choices)
-            self.console.push_screen(SubmitForm(models, hosts), chosen)
+            models, hosts = await self.context.backend.call(_choices)
+            self.owner.app.push_screen(SubmitForm(models, hosts), chosen)
 
         def chosen(spec: TaskSpec | None) -> None:
             if spec is None:
@@ -100,7 +87,7 @@ class TaskActions:
 
             async def work() -> tuple[bool, str]:
                 await self._prepare_model(spec)
-                task_id = await self.console.backend.call(_submit, spec)
+                task_id = await self.context.backend.call(_submit, spec)
                 then(task_id)
                 return True, f"task {task_id} queued: {spec.kind} on {spec.model}"
 
@@ -113,7 +100,7 @@ class TaskActions:
         alias on this machine (its local host reads it from the data dir); put a hub alias
         that no host has yet on the host where it fits (a pull task that the model task then
         waits for)."""
-        backend = self.console.backend
+        backend = self.context.backend
         reason = await backend.call(_cannot_run, spec.kind)
         if reason is not None:
             raise InputError(reason)
@@ -123,11 +110,11 @@ class TaskActions:
         if alias.source.startswith("hf:"):
             placed = await backend.call(_place_alias, alias.name)
             if placed is not None:
-                self.console.notify(f"{alias.name}: pulling {placed} first", markup=False)
+                self.owner.notify(f"{alias.name}: pulling {placed} first", markup=False)
         elif any(h.kind == "local" for h in backend.profile.hosts):
-            if not (models.models_dir(backend.profile) / f"{alias.name}.gguf").is_file():
-                self.console.notify(f"{alias.name}: assembling the model here first", markup=False)
-            await asyncio.to_thread(models.ensure_local, backend.profile, alias.name)
+            if not (models_dir(backend.profile) / f"{alias.name}.gguf").is_file():
+                self.owner.notify(f"{alias.name}: assembling the model here first", markup=False)
+            await asyncio.to_thread(ensure_local, backend.profile, alias.name)
 
     def batch(self, then: Callable[[Job], Any]) -> None:
         """Ask for a JSONL path, submit it as a job; the queued job is handed to `then`."""
@@ -138,13 +125,13 @@ class TaskActions:
             path = Path(value).expanduser()
 
             async def work() -> tuple[bool, str]:
-                job = await self.console.backend.call(_submit_job, path)
+                job = await self.context.backend.call(_submit_job, path)
                 then(job)
                 return True, f"job {job.id}: {job.total} {job.format} tasks queued from {path}"
 
             self._run("batch", work)
 
-        self.console.push_screen(ValueForm("Batch: the path of a JSONL file of tasks"), chosen)
+        self.owner.app.push_screen(ValueForm("Batch: the path of a JSONL file of tasks"), chosen)
 
 
 # -- on the backend thread ---------------------------------------------------------------------
@@ -159,7 +146,7 @@ def _retry(plane: ControlPlane, task_id: int) -> dict[int, str]:
 
 
 def _set_priority(plane: ControlPlane, task_id: int, priority: int) -> None:
-    plane.queue.set_priority(task_id, priority)
+    plane.set_priority(task_id, priority)
 
 
 def _cannot_run(plane: ControlPlane, kind: str) -> str | None:
@@ -185,7 +172,7 @@ def _choices(plane: ControlPlane) -> tuple[list[str], list[str]]:
     local host (by path); hosts: the profile's."""
     models = list(plane.profile.models)
     local = {h.name for h in plane.profile.hosts if h.kind == "local"}
-    for model in registry.rows(plane.store, plane.profile):
+    for model in plane.models.rows():
         if model["alias"] is not None:
             continue
         for host, copy in model["hosts"].items():

@@ -1,7 +1,7 @@
 """One task: what it asked for, where it is, its events and its output, followed live.
 
 A screen over the console (the header and its breadcrumb `#<id>` stay visible above it). Every
-`FOLLOW_S` it asks the backend for what is new since its last look (`task_follow.follow_step`):
+`FOLLOW_S` it asks the backend for what is new since its last look (`plane.follow_step`):
 new events and output chunks are appended; when the task runs again its output starts over.
 The task actions (cancel, retry, priority) work here as in the Tasks view; Escape goes back.
 """
@@ -9,7 +9,7 @@ The task actions (cancel, retry, priority) work here as in the Tasks view; Escap
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -17,18 +17,14 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue.follow import FollowMark, FollowStep, follow_step
-from bitinglip.control.queue.tasks import TERMINAL
-from bitinglip.control.queue.views import Task
+from bitinglip.control import TERMINAL, ControlPlane, FollowMark, FollowStep, Task
 from bitinglip.errors import NotFoundError
 from bitinglip.readable import age
+from bitinglip.tui.context import Context
+from bitinglip.tui.messages import CrumbsChanged
 from bitinglip.tui.views.base import MUTATING
 from bitinglip.tui.views.task_actions import TaskActions
 from bitinglip.tui.views.tasks import STATE_STYLES
-
-if TYPE_CHECKING:
-    from bitinglip.tui.app import ConsoleApp
 
 FOLLOW_S = 0.25
 ACTIONS = {"cancel": "cancel", "retry": "retry", "priority": "priority"}
@@ -37,7 +33,7 @@ SHORT = 240
 
 
 class TaskScreen(ModalScreen[None]):
-    """`TaskScreen(task_id)`; its `crumb` extends the header's breadcrumbs."""
+    """`TaskScreen(context, task_id)`; its `crumb` extends the header's breadcrumbs."""
 
     DEFAULT_CSS = """
     TaskScreen { background: transparent; }
@@ -50,8 +46,9 @@ class TaskScreen(ModalScreen[None]):
     """
     BINDINGS: ClassVar[list[Any]] = []
 
-    def __init__(self, task_id: int) -> None:
+    def __init__(self, context: Context, task_id: int) -> None:
         super().__init__()
+        self.context = context
         self.task_id = task_id
         self.crumb = f"#{task_id}"
         self.mark = FollowMark()
@@ -60,15 +57,7 @@ class TaskScreen(ModalScreen[None]):
         self.event_lines: list[str] = []
         self._head_shown: tuple[Task, int] | None = None
         self._looks = 0
-        self.actions = TaskActions(self, self.follow)
-
-    @property
-    def console(self) -> ConsoleApp:
-        from bitinglip.tui.app import ConsoleApp
-
-        app = self.app
-        assert isinstance(app, ConsoleApp)
-        return app
+        self.actions = TaskActions(self, context, self.follow)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="task-detail"):
@@ -83,7 +72,7 @@ class TaskScreen(ModalScreen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        keys = self.console.keys
+        keys = self.context.keys
         for action, description in ACTIONS.items():
             self._bindings.bind(keys[action], action, description)
         self._bindings.bind(keys["back"], "app.go_back", "back")
@@ -93,11 +82,11 @@ class TaskScreen(ModalScreen[None]):
 
     def _show_crumb(self) -> None:
         """The header (on the console's screen, visible above this one) gets `#<id>`."""
-        self.console.paint_header()
+        self.post_message(CrumbsChanged())
         self.refresh()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action in MUTATING and self.console.readonly)
+        return not (action in MUTATING and self.context.readonly)
 
     # -- following -------------------------------------------------------------------------
 
@@ -117,7 +106,7 @@ class TaskScreen(ModalScreen[None]):
 
     async def _follow(self) -> None:
         try:
-            step = await self.console.backend.call(_step, self.task_id, self.mark)
+            step = await self.context.backend.call(_step, self.task_id, self.mark)
         except NotFoundError as exc:
             self.notify(str(exc), severity="error", markup=False)
             self.dismiss()
@@ -126,7 +115,7 @@ class TaskScreen(ModalScreen[None]):
         self.show(step)
 
     def show(self, step: FollowStep) -> None:
-        now = self.console.now()
+        now = self.context.now()
         if (step.task, int(now)) != self._head_shown:  # the ages on it change by the second
             self._head_shown = (step.task, int(now))
             self.query_one("#task-head", Static).update(head(step.task, now))
@@ -167,7 +156,7 @@ class TaskScreen(ModalScreen[None]):
 
 
 def _step(plane: ControlPlane, task_id: int, mark: FollowMark) -> FollowStep:
-    return follow_step(plane.store, task_id, mark)
+    return plane.follow_step(task_id, mark)
 
 
 def head(task: Task, now: float) -> Text:

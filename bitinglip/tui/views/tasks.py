@@ -5,7 +5,7 @@ one snapshot; `show` lays out only the rows whose cells changed and hands the li
 order (`task_table.TaskList` draws each row once per change), so a refresh costs what changed,
 and the cursor stays on the same task.
 
-`/` filters (see `bitinglip.control.queue.filter`): free text, `state:`, `kind:`, `host:`,
+`/` filters (`parse_task_filter` of `bitinglip.control`): free text, `state:`, `kind:`, `host:`,
 `model:`, `job:`, `-` negates, words are AND-ed. `sort` cycles the sort column (a header click
 picks one; clicking it again reverses). Enter opens the task; cancel, retry, priority act on the
 task under the cursor; submit opens the submit form; batch queues a JSONL file as a job.
@@ -21,12 +21,19 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue import filter as task_filter
-from bitinglip.control.queue.filter import SORTS, TaskFilter, TaskPage, TaskRow
-from bitinglip.control.queue.jobs import Job
+from bitinglip.control import (
+    SORTS,
+    ControlPlane,
+    Job,
+    TaskFilter,
+    TaskPage,
+    TaskRow,
+    parse_task_filter,
+)
 from bitinglip.errors import InputError
 from bitinglip.readable import age
+from bitinglip.tui.context import Context
+from bitinglip.tui.messages import CrumbsChanged, OpenTask
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.task_actions import TaskActions
 from bitinglip.tui.views.task_table import COLUMNS, TaskHeader, TaskList, lay_out
@@ -57,15 +64,15 @@ class TasksView(View):
     TasksView #tasks-summary { height: 1; padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self.sort = "id"
         self.descending = SORTS["id"][1]
-        self._filter = task_filter.parse_filter("")
+        self._filter = parse_task_filter("")
         self._painted: dict[int, tuple[Any, ...]] = {}  # task id -> its cells on screen
         self._rows: dict[int, TaskRow] = {}
         self._summary_shown = ""
-        self.actions = TaskActions(self, self.reload)
+        self.actions = TaskActions(self, context, self.reload)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="tasks-summary")
@@ -84,7 +91,7 @@ class TasksView(View):
 
     def set_filter(self, text: str) -> None:
         try:
-            self._filter = task_filter.parse_filter(text.strip())
+            self._filter = parse_task_filter(text.strip())
         except InputError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
@@ -110,7 +117,7 @@ class TasksView(View):
     # -- refreshing ------------------------------------------------------------------------
 
     def fetch(self, plane: ControlPlane) -> TaskPage:
-        return task_filter.page(plane.store, self._filter, self.sort, self.descending, PAGE)
+        return plane.task_page(self._filter, self.sort, self.descending, PAGE)
 
     def show(self, data: Any) -> None:
         assert isinstance(data, TaskPage)
@@ -135,7 +142,7 @@ class TasksView(View):
 
     def _paint_rows(self, rows: list[TaskRow]) -> None:
         """Lay out only the rows whose cells changed; the list keeps the rest."""
-        now = self.console.now()
+        now = self.context.now()
         changed: dict[int, Text] = {}
         painted: dict[int, tuple[Any, ...]] = {}
         for row in rows:
@@ -163,9 +170,7 @@ class TasksView(View):
         self.open_task(event.task_id)
 
     def open_task(self, task_id: int) -> None:
-        from bitinglip.tui.views.task_detail import TaskScreen
-
-        self.console.push_screen(TaskScreen(task_id))
+        self.post_message(OpenTask(task_id))
 
     def action_cancel(self) -> None:
         row = self._selected()
@@ -183,14 +188,14 @@ class TasksView(View):
             self.actions.priority(row.id, row.priority)
 
     def action_submit(self) -> None:
-        self.actions.submit(lambda task_id: self.console.call_later(self.open_task, task_id))
+        self.actions.submit(self.open_task)
 
     def action_batch(self) -> None:
-        self.actions.batch(lambda job: self.console.call_later(self._show_job, job))
+        self.actions.batch(lambda job: self.call_later(self._show_job, job))
 
     def _show_job(self, job: Job) -> None:
         self.set_filter(f"job:{job.id}")
-        self.console.paint_header()
+        self.post_message(CrumbsChanged())
 
 
 def task_cells(row: TaskRow, now: float) -> tuple[Any, ...]:
