@@ -79,9 +79,9 @@ def held_results(loop: ControlLoop) -> int:
     """Results the controller holds in memory, received but not stored: those in its inbox
     (a step that cannot renew the lease handles none) and those its completion batch keeps."""
     assert loop.dispatcher is not None
-    inbox = list(loop.dispatcher._inbox)
+    inbox = list(loop.dispatcher.inbox.messages)
     waiting = [m for m in inbox if m.msg is not None and m.msg.get("type") == "result"]
-    return len(waiting) + len(loop.dispatcher._results)
+    return len(waiting) + len(loop.dispatcher.inbox.results)
 
 
 @pytest.fixture
@@ -149,9 +149,9 @@ def test_results_received_on_a_full_disk_are_stored_once_there_is_room(
             assert plane.task(task_id).state == "running", "the run ended before the disk filled"
             wait_for(lambda: held_results(loop) == 1, 20, "the result to arrive")
             os.truncate(filler, filler.stat().st_size - LITTLE_ROOM)
-            wait_for(lambda: len(dispatcher._results) == 1, 10, "the completion batch")
+            wait_for(lambda: len(dispatcher.inbox.results) == 1, 10, "the completion batch")
             time.sleep(1.0)  # the batch is tried again (and fails) meanwhile
-            kept = len(dispatcher._results)
+            kept = len(dispatcher.inbox.results)
             state_while_full = plane.task(task_id).state
             filler.unlink()
             done = plane.wait(task_id, timeout=60)

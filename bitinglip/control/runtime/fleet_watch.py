@@ -20,7 +20,7 @@ from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.errors import BitinglipError
 
 if TYPE_CHECKING:
-    from bitinglip.control.runtime.dispatcher import HostAgent
+    from bitinglip.control.runtime.host_agents import HostAgent
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ runs it has in flight and when it last heard from its agent.
 
 An SSH transport can detach (the connection dropped) and re-attach later: the session and its
 runs in flight stay; it is not `ready` until the agent's next `hello`, which lists the runs the
-agent still has (see Dispatcher._reattached). The agent acknowledges the runs it reads (`ack`):
-a run never acknowledged did not reach it, and is sent again as it was (`resend`).
+agent still has (see runtime/inbox.py). The agent acknowledges the runs it reads (`ack`): a run
+never acknowledged did not reach it, and is sent again as it was (`resend`).
 
 A result too long for one line comes as `result_part` lines, joined here before the loop sees
 it; one over protocol.RESULT_MAX_BYTES, or a line over the line limit that names its run, comes
