@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from bitinglip_agent.protocol import PULL_KINDS
+
 from bitinglip.control.fleet.hosts import NO_PYNVML, SIGNALS
 from bitinglip.control.fleet.telemetry_ring import HOST_ROW, gpu_table
 from bitinglip.control.fleet.telemetry_views import FleetReader, FleetTelemetry, History
@@ -62,7 +64,7 @@ from bitinglip.control.queue.filter import parse_filter as parse_task_filter
 from bitinglip.control.queue.follow import FollowMark, FollowStep
 from bitinglip.control.queue.jobs import Job
 from bitinglip.control.queue.pace import JobPace
-from bitinglip.control.queue.tasks import KINDS, TERMINAL, TaskSpec, TaskState
+from bitinglip.control.queue.tasks import KINDS, TERMINAL, TaskKind, TaskSpec, TaskState
 from bitinglip.control.queue.usage import QueueUsage
 from bitinglip.control.queue.views import Task
 from bitinglip.control.queue.watch import WatchMark, WatchStep
@@ -94,6 +96,7 @@ __all__ = [
     "HOST_ROW",
     "KINDS",
     "NO_PYNVML",
+    "PULL_KINDS",
     "SIGNALS",
     "SORTS",
     "TERMINAL",
@@ -126,6 +129,7 @@ __all__ = [
     "SetupReport",
     "Task",
     "TaskFilter",
+    "TaskKind",
     "TaskPage",
     "TaskRow",
     "TaskSpec",

@@ -15,7 +15,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from bitinglip.control import TERMINAL, ControlPlane, Task, TaskState
+from bitinglip.control import PULL_KINDS, TERMINAL, ControlPlane, Task, TaskState
 from bitinglip.errors import BitinglipError
 from bitinglip.readable import age, error_line, human_size
 from bitinglip.tui.context import Context
@@ -24,7 +24,6 @@ from bitinglip.tui.messages import OpenTask, Reported
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.model_rows import keep
 
-KINDS = ("pull", "remove")
 LIMIT = 500
 BAR = 10
 ERROR_WIDTH = 18
@@ -137,7 +136,7 @@ def bar(done: int | None, total: int | None) -> str:
 
 
 def read_pulls(plane: ControlPlane) -> list[PullRow]:
-    tasks = plane.tasks(kinds=KINDS, limit=LIMIT)
+    tasks = plane.tasks(kinds=PULL_KINDS, limit=LIMIT)
     return [PullRow.of(t) for t in tasks]
 
 
