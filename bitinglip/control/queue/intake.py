@@ -1,5 +1,5 @@
 """What a task is and how it enters the queue: `TaskSpec` (its kind a `TaskKind` of the agent
-protocol), and the submitting half of `TaskQueue` (tasks.py holds the rest). Each submit is one
+protocol), and `TaskIntake`, which queues them (a `TaskQueue` holds one). Each submit is one
 transaction: a batch is queued whole or not at all, and an idempotency key already used returns
 the task it named.
 """
@@ -63,12 +63,19 @@ _INSERT_MANY = (
 
 
 class TaskIntake:
-    """Submitting tasks; the base of `TaskQueue`, which sets these attributes."""
+    """Submitting tasks over one Store; `on_submit` rings the control loop's doorbell."""
 
-    store: Store
-    config: QueueConfig
-    clock: Callable[[], float]
-    on_submit: Callable[[], None] | None
+    def __init__(
+        self,
+        store: Store,
+        config: QueueConfig,
+        clock: Callable[[], float],
+        on_submit: Callable[[], None] | None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.on_submit = on_submit
 
     def submit(self, spec: TaskSpec) -> int:
         """Queue one task durably; an idempotency key already used returns that task's id."""

@@ -9,15 +9,15 @@ Attempts: a task starts at attempt 1. An infrastructure failure (or an expired l
 with attempt + 1 after an exponential backoff, until `max_attempts` runs have failed; then it is
 `dead` with its last error. An application error fails it at once, unless it asked to retry.
 
-What a task is (`TaskSpec`) and submitting it live in intake.py; the task kinds and states are
-the agent protocol's (`TaskKind`, `KINDS`, `TaskState`, `TERMINAL`), re-exported here. `TaskQueue`
-here adds the runner's side (claim, heartbeat, report, reap) and the operator's (cancel, retry).
+What a task is (`TaskSpec`) and submitting it live in intake.py (`TaskQueue.intake`); how a run
+ends after a failure or a cancel in endings.py; the task kinds and states are the agent
+protocol's (`TaskKind`, `KINDS`, `TaskState`, `TERMINAL`), re-exported here. `TaskQueue` holds
+the runner's side (claim, heartbeat, report, reap) and the operator's (cancel, retry).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from typing import Any
 from bitinglip_agent.protocol import KINDS, TaskKind
 
 from bitinglip.config import QueueConfig
+from bitinglip.control.queue.endings import after_failure, end_canceled
 from bitinglip.control.queue.intake import TaskIntake, TaskSpec, compact_json
 from bitinglip.control.queue.states import (
     MOVES,
@@ -63,7 +64,7 @@ class Beat:
     cancel: frozenset[int]
 
 
-class TaskQueue(TaskIntake):
+class TaskQueue:
     """The queue over one Store. Not thread-safe: one TaskQueue per thread."""
 
     def __init__(
@@ -78,7 +79,19 @@ class TaskQueue(TaskIntake):
         self.config = config
         self.clock = clock
         self.on_submit = on_submit
+        self.intake = TaskIntake(store, config, clock, on_submit)
         store.conn.create_function("labels_match", 2, labels_match, deterministic=True)
+
+    def submit(self, spec: TaskSpec) -> int:
+        return self.intake.submit(spec)
+
+    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
+        return self.intake.submit_many(specs)
+
+    def submit_job(
+        self, name: str, source: str | None, fmt: str, specs: Sequence[TaskSpec]
+    ) -> tuple[int, list[int]]:
+        return self.intake.submit_job(name, source, fmt, specs)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -198,15 +211,15 @@ class TaskQueue(TaskIntake):
                     f"task {task_id}: lease token {token} is stale; error dropped"
                 )
             if current[task_id][1]:
-                return self._end_canceled(conn, [task_id], now, "canceled after a failure")
-            return self._after_failure(conn, task_id, now, error, kind, retryable)
+                return end_canceled(conn, [task_id], now, "canceled after a failure")
+            return after_failure(conn, self.config, task_id, now, error, kind, retryable)
 
     def confirm_canceled(self, task_id: int, token: int) -> None:
         """The runner stopped a task it was asked to cancel."""
         with self.store.write() as conn:
             if not held_leases(conn, {task_id: token}):
                 raise StaleLeaseError(f"task {task_id}: lease token {token} is stale")
-            self._end_canceled(conn, [task_id], self.clock(), "canceled by the runner")
+            end_canceled(conn, [task_id], self.clock(), "canceled by the runner")
 
     def release(self, items: Sequence[tuple[int, int]], reason: str = "released") -> int:
         """Give running tasks back to the queue without an attempt penalty (graceful stop)."""
@@ -259,71 +272,14 @@ class TaskQueue(TaskIntake):
             ).fetchall()
             for task_id, cancel in expired:
                 if cancel:
-                    self._end_canceled(conn, [task_id], now, "lease expired after a cancel")
+                    end_canceled(conn, [task_id], now, "lease expired after a cancel")
                 else:
                     owner = conn.execute(
                         "SELECT lease_owner FROM tasks WHERE id = ?", (task_id,)
                     ).fetchone()[0]
                     error = f"lease expired: runner {owner} stopped reporting"
-                    self._after_failure(conn, task_id, now, error, "lease_expired", True)
+                    after_failure(conn, self.config, task_id, now, error, "lease_expired", True)
         return len(expired)
-
-    def _after_failure(
-        self,
-        conn: sqlite3.Connection,
-        task_id: int,
-        now: float,
-        error: str,
-        kind: str,
-        retry: bool,
-    ) -> TaskState:
-        attempt, max_attempts, retry_on_error = conn.execute(
-            "SELECT attempt, max_attempts, retry_on_error FROM tasks WHERE id = ?", (task_id,)
-        ).fetchone()
-        retry = retry or bool(retry_on_error)
-        clear = "lease_owner = NULL, lease_expires_at = NULL, error = ?, error_kind = ?"
-        if retry and attempt < max_attempts:
-            delay = min(
-                self.config.retry_backoff_s * 2 ** (attempt - 1), self.config.retry_backoff_max_s
-            )
-            transition(
-                conn,
-                [(task_id, R, attempt)],
-                Q,
-                now,
-                f"{clear}, attempt = attempt + 1, run_after = ?, ran_on = NULL, started_at = NULL",
-                (error, kind, now + delay),
-                detail=f"{kind}: {error}; retry in {delay:g}s",
-            )
-            return Q
-        end = TaskState.DEAD if retry else TaskState.FAILED
-        transition(
-            conn,
-            [(task_id, R, attempt)],
-            end,
-            now,
-            f"{clear}, finished_at = ?",
-            (error, kind, now),
-            detail=f"{kind}: {error}",
-        )
-        return end
-
-    def _end_canceled(
-        self, conn: sqlite3.Connection, ids: list[int], now: float, detail: str
-    ) -> TaskState:
-        rows = conn.execute(
-            f"SELECT id, state, attempt FROM tasks WHERE id IN ({','.join('?' * len(ids))})", ids
-        ).fetchall()
-        transition(
-            conn,
-            [(i, TaskState(s), a) for i, s, a in rows],
-            TaskState.CANCELED,
-            now,
-            "lease_owner = NULL, lease_expires_at = NULL, finished_at = ?",
-            (now,),
-            detail=detail,
-        )
-        return TaskState.CANCELED
 
     # -- operator actions ------------------------------------------------------------------
 
@@ -337,7 +293,7 @@ class TaskQueue(TaskIntake):
                 if row is None:
                     outcome[task_id] = "not found"
                 elif row[0] == Q:
-                    self._end_canceled(conn, [task_id], now, "canceled while queued")
+                    end_canceled(conn, [task_id], now, "canceled while queued")
                     outcome[task_id] = "canceled"
                 elif row[0] == R:
                     conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
