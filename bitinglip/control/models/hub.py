@@ -6,7 +6,7 @@ inside the functions that talk to the hub, so nothing else pays for the import. 
 is made and sent only to that endpoint: it is never stored, logged or put in a message. Without
 it, requests go out with no token at all (huggingface_hub's own token file is not consulted).
 
-A reference (`resolve`; parsed by `hub_refs`) is `owner/repo`, `owner/repo:FILE` or
+A reference (`resolve`; parsed by `refs`) is `owner/repo`, `owner/repo:FILE` or
 `owner/repo:QUANT`. Its revision (a branch, tag or commit; default `main`) becomes an exact
 commit sha in the same request that lists the files, so everything after it (size, LFS sha256,
 the download URL) belongs to that one commit and a branch that moves on never changes it.

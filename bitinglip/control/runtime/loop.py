@@ -7,7 +7,7 @@ due, a lease needs renewing or the reaper is due; it never polls the queue in a 
 On `stop()` it stops taking work, gives running tasks `shutdown_grace_s` to finish, and releases
 what is left back to the queue without an attempt penalty.
 
-A step that fails is logged and retried after a backoff (loop_faults.py); when the loop cannot
+A step that fails is logged and retried after a backoff (faults.py); when the loop cannot
 go on, `run()` raises the reason (and `failure` keeps it).
 """
 
