@@ -1,7 +1,8 @@
 """The agent protocol: one JSON object per line, UTF-8, each with `v`, `type` and, where a reply
 is expected, `id`. This is the one module of the agent that the control plane imports, and the
 one home of the task vocabulary both sides speak: `TaskKind` (with its groups: `MODEL_KINDS`,
-`LIGHT_KINDS`, `PULL_KINDS`, `JOB_KINDS`, every kind in `KINDS`) and `TaskState` (`TERMINAL`).
+`LIGHT_KINDS`, `PULL_KINDS`, `SERVE_KINDS`, `JOB_KINDS`, every kind in `KINDS`) and `TaskState`
+(`TERMINAL`).
 
 A result longer than RESULT_PART_BYTES goes as numbered `result_part` lines of the same id, each
 carrying a slice of the `result` line's text (`split_result`); the control plane joins them
@@ -51,6 +52,8 @@ class TaskKind(StrEnum):
     EMBED = "embed"
     PULL = "pull"
     REMOVE = "remove"
+    LOAD = "load"
+    UNLOAD = "unload"
 
 
 # Every kind, in the order messages list them.
@@ -62,6 +65,10 @@ LIGHT_KINDS = (TaskKind.ECHO,)
 # Kinds that change a host's model dir (a download, a deletion): a few at once per host, beside
 # the model kinds.
 PULL_KINDS = (TaskKind.PULL, TaskKind.REMOVE)
+# Kinds that load or unload a model on a host (no inference of their own): a few at once per
+# host, beside the model kinds. A load's result: {"loaded", "load_s", "already"}; an unload's:
+# {"unloaded": N}.
+SERVE_KINDS = (TaskKind.LOAD, TaskKind.UNLOAD)
 # What a job file may run: work only. A batch file someone hands you must not pull from a URL of
 # its choosing or remove model files, so those kinds are commands of their own, never job lines.
 JOB_KINDS = (*LIGHT_KINDS, *MODEL_KINDS)
@@ -237,7 +244,9 @@ class Parts:
 
 # Error codes an agent reports. Retryable ones are infrastructure failures: the queue retries
 # them; the others are the task's own fault.
-RETRYABLE = frozenset({"runner_crashed", "agent_stopping", "overloaded", "download_failed"})
+RETRYABLE = frozenset(
+    {"runner_crashed", "agent_stopping", "overloaded", "download_failed", "no_room"}
+)
 CODES = RETRYABLE | frozenset(
     {
         "malformed",

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from bitinglip_agent.gguf_check import InvalidGGUF, check_gguf
 from bitinglip_agent.protocol import TaskKind
@@ -36,6 +36,7 @@ class Request:
     task: dict[str, Any]
     canceled: bool = False
     queued_at: float = field(default_factory=time.monotonic)
+    on_unload: Callable[[bool], None] | None = None
 
 
 class Runners:
@@ -58,9 +59,8 @@ class Runners:
         except InvalidGGUF as exc:
             self.agent.error(run_id, "invalid_gguf", str(exc))
             return
-        self._runner(path, "embed" if task["kind"] == TaskKind.EMBED else "generate").put(
-            Request(run_id, task)
-        )
+        embed = task["kind"] == TaskKind.EMBED or model.get("mode") == "embed"
+        self._runner(path, "embed" if embed else "generate").put(Request(run_id, task))
 
     def _check(self, path: str) -> None:
         """The GGUF header check, once per file version (it parses the whole header)."""
@@ -82,13 +82,37 @@ class Runners:
             return runner
 
     def load(self, msg_id: str, model: dict[str, Any]) -> None:
+        """A `load` message: the model's child started (a `load` task goes through submit)."""
         path = model["path"]
         try:
             self._check(path)
         except InvalidGGUF as exc:
             self.agent.error(msg_id, "invalid_gguf", str(exc))
             return
-        self._runner(path, model.get("mode", "generate")).put(Request(msg_id, {"kind": "load"}))
+        task = {"kind": "load", "model": model}
+        self._runner(path, model.get("mode", "generate")).put(Request(msg_id, task))
+
+    def unload_when_idle(self, run_id: str, path: str) -> None:
+        """An `unload` task: each runner of `path` stops its child once the requests queued
+        before this one are done; the result counts the children stopped."""
+        with self._lock:
+            runners = [r for (p, _), r in self._runners.items() if p == path and r.alive]
+        if not runners:
+            self.agent.send("result", run_id, result={"unloaded": 0})
+            return
+        left = [len(runners), 0]
+        lock = threading.Lock()
+
+        def one_done(stopped: bool) -> None:
+            with lock:
+                left[0] -= 1
+                left[1] += int(stopped)
+                finished = left[0] == 0
+            if finished:
+                self.agent.send("result", run_id, result={"unloaded": left[1]})
+
+        for runner in runners:
+            runner.put(Request(f"{run_id}:{runner.mode}", {"kind": "unload"}, on_unload=one_done))
 
     def cancel(self, run_id: str) -> bool:
         with self._lock:
@@ -169,7 +193,7 @@ class ModelRunner:
 
     def pending(self) -> list[str]:
         with self._child_lock:
-            return list(self._pending)
+            return [r.run_id for r in self._pending.values() if r.on_unload is None]
 
     def stop(self) -> None:
         """Stop taking requests, cancel the running one; pending ones fail as agent_stopping."""
@@ -205,10 +229,21 @@ class ModelRunner:
             if request.canceled:
                 self.agent.error(request.run_id, "canceled", "canceled before it started")
                 return
+            if request.on_unload is not None:
+                was_loaded = self.loaded
+                self._stop_child()
+                request.on_unload(was_loaded)
+                return
+            already, start = self.loaded, time.perf_counter()
             if not self._ensure_child(request):
                 return
             if request.task["kind"] == "load":
-                self.agent.send("result", request.run_id, result={"loaded": self.path})
+                result = {
+                    "loaded": self.path,
+                    "load_s": time.perf_counter() - start,
+                    "already": already,
+                }
+                self.agent.send("result", request.run_id, result=result)
                 return
             with self._child_lock:
                 self._current = request
@@ -362,4 +397,7 @@ class ModelRunner:
             pending = list(self._pending.values())
             self._pending.clear()
         for request in pending:
-            self.agent.error(request.run_id, code, message)
+            if request.on_unload is not None:
+                request.on_unload(False)
+            else:
+                self.agent.error(request.run_id, code, message)

@@ -314,6 +314,16 @@ class Agent:
             self.downloads().pull({**payload, "type": "pull", "id": run_id})
         elif kind == TaskKind.REMOVE:
             self.downloads().remove(run_id, (task.get("payload") or {}).get("dest"))
+        elif kind == TaskKind.LOAD:
+            self.runners().submit(run_id, task)
+        elif kind == TaskKind.UNLOAD:
+            model = task.get("model") or {}
+            if not isinstance(model.get("path"), str):
+                self.error(run_id, "bad_request", "an unload task needs model.path")
+            elif self._runners is None:
+                self.send("result", run_id, result={"unloaded": 0})
+            else:
+                self._runners.unload_when_idle(run_id, model["path"])
         else:
             self.error(run_id, "unsupported", f"this agent does not run {kind!r} tasks")
 
