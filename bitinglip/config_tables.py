@@ -118,6 +118,12 @@ class Table:
             self.fail(key, f"{describe(value)} is not allowed", f"use {listed}")
         return value
 
+    def opt_bool(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, bool):
+            self.wrong_type(key, "a boolean", f"{key} = true")
+        return value
+
     def integer(self, key: str, default: int, low: int, high: int | None, fix: str) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
