@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bitinglip_agent.protocol import MODEL_KINDS
+from bitinglip_agent.protocol import MODEL_KINDS, SERVE_KINDS
 
 from bitinglip.config import Profile
-from bitinglip.control.models import aliases as models
 from bitinglip.control.plane_fleet import FleetDesk
 from bitinglip.control.plane_metrics import PlaneMetrics, read_metrics
 from bitinglip.control.plane_models import ModelDesk
@@ -63,19 +63,17 @@ class ControlPlane:
     # -- work ------------------------------------------------------------------------------
 
     def submit(self, spec: TaskSpec) -> int:
-        self._check_placement(spec)
-        return self.queue.submit(spec)
+        """Queue one task; its model (an alias, a registered model's ref or short name, a
+        .gguf path) is stored by its canonical name (`ModelDesk.resolve_name`)."""
+        return self.queue.submit(self._checked(spec))
 
     def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
-        for spec in specs:
-            self._check_placement(spec)
-        return self.queue.submit_many(specs)
+        return self.queue.submit_many([self._checked(spec) for spec in specs])
 
     def submit_job(self, path: Path, name: str | None = None) -> jobs.Job:
         """Check the whole file, then queue all of its lines in one transaction."""
         fmt, specs = jobs.parse_jsonl(path)
-        for spec in specs:
-            self._check_placement(spec, where=f"{path}:{spec.line_no}")
+        specs = [self._checked(spec, where=f"{path}:{spec.line_no}") for spec in specs]
         job_id, _ = self.queue.submit_job(name or path.name, str(path.resolve()), fmt, specs)
         return jobs.get_job(self.store, job_id)
 
@@ -89,7 +87,8 @@ class ControlPlane:
         """A queued task's priority (higher runs first); StateError for a task not queued."""
         self.queue.set_priority(task_id, priority)
 
-    def _check_placement(self, spec: TaskSpec, where: str = "") -> None:
+    def _checked(self, spec: TaskSpec, where: str = "") -> TaskSpec:
+        """`spec` with its host checked and its model by its canonical name."""
         prefix = f"{where}: " if where else ""
         names = [h.name for h in self.profile.hosts]
         if spec.host is not None and spec.host not in names:
@@ -97,11 +96,13 @@ class ControlPlane:
                 f"{prefix}unknown host {spec.host!r}; hosts in profile {self.profile.name}: "
                 f"{', '.join(names) or '(none)'}"
             )
-        if spec.model is not None:
-            try:
-                models.check_name(self.profile, spec.model)
-            except InputError as exc:
-                raise InputError(f"{prefix}{exc}") from None
+        if spec.model is None:
+            return spec
+        try:
+            model = self.models.resolve_name(spec.model)
+        except InputError as exc:
+            raise InputError(f"{prefix}{exc}") from None
+        return spec if model == spec.model else replace(spec, model=model)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ class ControlPlane:
         local = [h.name for h in self.profile.hosts if h.kind == "local"]
         if kind == "echo":
             return None
-        if kind not in MODEL_KINDS:
+        if kind not in (*MODEL_KINDS, *SERVE_KINDS):
             return f"nothing in this release runs {kind} tasks yet"
         if not self.profile.hosts:
             return f"profile {self.profile.name} has no hosts; add one with `bitinglip hosts add`"

@@ -1,6 +1,7 @@
-"""The model manager's desk of the ControlPlane (`plane.models`): the registry, pulls (by the
-hosts' agents, or by this machine and pushed), placing a hub alias where it fits, fit planning
-from stored telemetry, and removing copies."""
+"""The model manager's desk of the ControlPlane (`plane.models`): the registry and the names a
+model answers to, pulls (by the hosts' agents, or by this machine and pushed), placing a model
+no host has where it fits, fit planning from stored telemetry, what is loaded where (from the
+agents' telemetry), and removing copies."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from bitinglip_agent.protocol import unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.fleet import telemetry_ring
-from bitinglip.control.models import fit, local_width, pulls, registry
-from bitinglip.control.models.refs import HubFile
+from bitinglip.control.models import aliases, fit, local_width, pulls, registry
+from bitinglip.control.models.refs import HubFile, split_ref
 from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.control.runtime import controller
 from bitinglip.control.store.db import Store
@@ -38,8 +39,65 @@ class ModelDesk:
         return registry.get(self._store, model_id, self.profile)
 
     def find(self, ref_or_alias: str) -> dict[str, Any] | None:
-        """The registered model a ref (`owner/repo[:file]`) or an alias names, or None."""
-        return registry.find(self._store, ref_or_alias, self.profile)
+        """The registered model a ref (`owner/repo[:file]`), an alias, an id or a short name
+        names, or None."""
+        name = ref_or_alias
+        if not name.isdigit() and name not in self.profile.models:
+            try:
+                split_ref(name)
+            except InputError:  # not a ref: a short name (InputError when it names nothing)
+                name = self.resolve_name(name, paths=False)
+        return registry.find(self._store, name, self.profile)
+
+    def resolve_name(self, name: str, *, paths: bool = True) -> str:
+        """The canonical name of the model `name` means (an alias, a registered model's ref or
+        short name, a .gguf path unless not `paths`): what a task stores. InputError when it
+        names nothing or several registered files."""
+        if name in self.profile.models:
+            return name
+        return aliases.resolve_name(self.profile, self.rows(), name, paths=paths)
+
+    def alias_rows(self) -> list[dict[str, Any]]:
+        """The profile's aliases that no registered model answers, in `rows`' shape with `id`
+        None and their `source`: a `pypi:` alias's copy on each local host is `ready` once
+        assembled (its first use), else there is none ("not pulled")."""
+        loaded = {
+            host: set(snapshot.get("models_loaded") or [])
+            for host, snapshot in telemetry_ring.latest(self._store).items()
+        }
+        found = []
+        for name, alias in self.profile.models.items():
+            kind, _, where = alias.source.partition(":")
+            if kind == "hf":
+                try:
+                    if registry.find(self._store, name, self.profile) is not None:
+                        continue
+                except InputError:  # several registered files match: listed among `rows`
+                    continue
+            path = aliases.models_dir(self.profile) / f"{name}.gguf"
+            copies = {}
+            if kind == "pypi" and path.is_file():
+                copies = {
+                    h.name: {
+                        "state": "ready",
+                        "path": str(path),
+                        "loaded": str(path) in loaded.get(h.name, ()),
+                    }
+                    for h in self.profile.hosts
+                    if h.kind == "local"
+                }
+            found.append(
+                {
+                    "id": None,
+                    "alias": name,
+                    "source": alias.source,
+                    "repo": where if kind == "hf" else None,
+                    "file": alias.file or (f"{name}.gguf" if kind == "pypi" else None),
+                    "revision": alias.revision,
+                    "hosts": copies,
+                }
+            )
+        return found
 
     def unregister(self, model_id: int) -> bool:
         return registry.unregister(self._store, model_id)
@@ -102,26 +160,47 @@ class ModelDesk:
             self._store, self.profile, file, model_id, targets, local, progress
         )
 
-    def place_alias(self, name: str, ctx: int = 4096) -> tuple[HubFile, list[pulls.Ticket]] | None:
-        """For a hub alias with no ready copy anywhere: pin it and pull it to the host where it
-        fits best (from its GGUF header and the stored telemetry; the local host, else the
-        first, when no telemetry is stored yet). None when nothing needs pulling; InputError
-        when it fits nowhere."""
-        alias = self.profile.models.get(name)
-        if alias is None or not alias.source.startswith("hf:") or not self.profile.hosts:
+    def place(self, name: str, ctx: int = 4096) -> tuple[HubFile, list[pulls.Ticket]] | None:
+        """For a hub alias or a registered model with no ready copy on any host: pin it and pull
+        it to the host where it fits best (from its GGUF header and the stored telemetry; the
+        local host, else the first, when no telemetry is stored yet). None when nothing needs
+        pulling (a copy is ready or coming, a PyPI alias, a path); InputError when it fits
+        nowhere. Reads the hub: for a caller that may wait on the network (else `to_place`,
+        `read_need` off the plane's thread, `place_file`)."""
+        target = self.to_place(name)
+        if target is None:
             return None
-        ref = alias.source.removeprefix("hf:") + (f":{alias.file}" if alias.file else "")
-        found = registry.find(self._store, name, self.profile)
+        file, need = read_need(target, ctx)
+        return file, self.place_file(file, need, ctx, name)
+
+    place_alias = place  # the name the console and the CLI knew it by
+
+    def to_place(self, name: str) -> HubFile | tuple[str, str | None] | None:
+        """What `place` would pull for `name` (reading the database only): a registered file, a
+        hub alias's (ref, revision) to pin, or None when nothing needs pulling."""
+        canonical = self.resolve_name(name)
+        alias = self.profile.models.get(canonical)
+        if not self.profile.hosts or (alias is not None and not alias.source.startswith("hf:")):
+            return None
+        try:
+            found = registry.find(self._store, canonical, self.profile)
+        except InputError:
+            if alias is not None:  # several registered files match the alias
+                raise
+            return None  # a path
         if found is not None and any(
             c["state"] in ("ready", "pulling") for c in found["hosts"].values()
         ):
             return None
-        from bitinglip.control.models import hub
+        if alias is not None:
+            ref = alias.source.removeprefix("hf:") + (f":{alias.file}" if alias.file else "")
+            return ref, alias.revision
+        return None if found is None else registry.hub_file(found)
 
-        file = hub.resolve(ref, alias.revision)
-        [need] = fit.needs_for_files([file], hub.read_range, ctx)
+    def place_file(self, file: HubFile, need: fit.Need, ctx: int, name: str) -> list[pulls.Ticket]:
+        """Pull `file` (whose header `read_need` read) to the host where it fits best."""
         target = self.best_host(file, need, ctx, f"model {name}")
-        return file, pulls.plan(self._queue, file, [target])
+        return pulls.plan(self._queue, file, [target])
 
     def best_host(self, file: HubFile, need: fit.Need, ctx: int, what: str) -> HostConfig:
         """The host where `file` (needing `need` with a `ctx`-token context) fits best, from
@@ -210,3 +289,13 @@ class ModelDesk:
                 raise StateError(f"{what}: cannot delete {path}: {exc.strerror}") from None
         registry.forget_host_copy(self._store, host, model_id)
         return path
+
+
+def read_need(target: HubFile | tuple[str, str | None], ctx: int) -> tuple[HubFile, fit.Need]:
+    """Pin a hub alias's ref (or take a registered file) and read its header for the fit: the
+    network only, no database, so any thread may call it."""
+    from bitinglip.control.models import hub  # huggingface_hub: only for commands that need it
+
+    file = hub.resolve(*target) if isinstance(target, tuple) else target
+    [need] = fit.needs_for_files([file], hub.read_range, ctx)
+    return file, need

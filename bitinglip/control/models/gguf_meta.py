@@ -1,4 +1,6 @@
-"""A GGUF file's metadata for `models inspect`: architecture, parameters, context, layers, quant.
+"""A GGUF file's metadata for `models inspect`: architecture, parameters, context, layers, quant,
+and what `ollama show` shows and fit needs: embedding length, heads and KV heads, vocabulary size,
+whether it carries a chat template, its license.
 
 Local files and files on the hub go through the same header parser (`gguf_header.read_header`),
 which reads the header and never the tensor data: from a local file with seek and read, from the
@@ -14,9 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bitinglip_agent.gguf_reader import parse_header
+
 from bitinglip.control.models import hub
 from bitinglip.control.models.gguf_header import GGUFHeader, RangeRead, file_reads, read_header
 from bitinglip.errors import InputError
+
+CHAT_TEMPLATE = "tokenizer.chat_template"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,12 @@ class GGUFMeta:
     tensor_bytes: int
     file_size: int
     bytes_read: int
+    embedding_length: int | None = None
+    head_count: int | None = None
+    head_count_kv: int | None = None
+    vocab_size: int | None = None  # rows of the token embedding (`token_embd.weight`)
+    chat_template: bool = False  # whether `tokenizer.chat_template` is in the header
+    license: str | None = None  # `general.license`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +74,11 @@ def read_remote(file: hub.HubFile) -> GGUFMeta:
 
 
 def _meta(source: str, size: int, read: RangeRead, name: str) -> GGUFMeta:
-    header: GGUFHeader = read_header(read, size, name=name)
+    kept = _Recorded(read)
+    header: GGUFHeader = read_header(kept.read, size, name=name)
+    # The same header again, from the bytes just read, for the keys the fit view leaves out.
+    metadata = parse_header(kept.read_kept, size, name=name).metadata
+    license_ = metadata.get("general.license", (None, None))[1]
     return GGUFMeta(
         source=source,
         architecture=header.architecture,
@@ -76,4 +92,37 @@ def _meta(source: str, size: int, read: RangeRead, name: str) -> GGUFMeta:
         tensor_bytes=header.tensor_bytes,
         file_size=size,
         bytes_read=header.bytes_read,
+        embedding_length=header.embedding_length,
+        head_count=header.head_count,
+        head_count_kv=header.head_count_kv,
+        vocab_size=_vocab_size(header),
+        chat_template=CHAT_TEMPLATE in metadata,
+        license=license_ if isinstance(license_, str) else None,
     )
+
+
+def _vocab_size(header: GGUFHeader) -> int | None:
+    """The token embedding's rows: ggml's shape is (embedding length, vocabulary size)."""
+    for tensor in header.tensors:
+        if tensor.name == "token_embd.weight" and len(tensor.shape) == 2:
+            return int(tensor.shape[1])
+    return None
+
+
+class _Recorded:
+    """A range reader that keeps what it returned (the header reader reads a contiguous prefix
+    from offset 0), so the header can be parsed a second time without reading again."""
+
+    def __init__(self, read: RangeRead) -> None:
+        self._read = read
+        self.buf = bytearray()
+
+    def read(self, start: int, length: int) -> bytes:
+        chunk = self._read(start, length)
+        if start <= len(self.buf):
+            self.buf[start:] = chunk
+        return chunk
+
+    def read_kept(self, start: int, length: int) -> bytes:
+        del length  # the first reading read as far as the parser goes
+        return bytes(self.buf[start:])

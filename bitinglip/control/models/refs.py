@@ -28,6 +28,7 @@ _QUANT = re.compile(
     r"(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
+_GGUF_SUFFIX = re.compile(r"[-_.]gguf$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,14 @@ def parse_quant(name: str) -> str | None:
     stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
     found = _QUANT.findall(stem)
     return found[-1].upper() if found else None
+
+
+def short_name(repo: str, quant: str | None) -> str:
+    """The short name of a repo's file, as Ollama names models: the repo's name in lower case
+    without a `GGUF` suffix, then `:quant` in lower case when the file has one
+    (`bartowski/Qwen2.5-0.5B-Instruct-GGUF` and Q4_K_M -> `qwen2.5-0.5b-instruct:q4_k_m`)."""
+    base = _GGUF_SUFFIX.sub("", repo.rsplit("/", 1)[-1]).lower() or repo.lower()
+    return f"{base}:{quant.lower()}" if quant else base
 
 
 def file_url(repo: str, commit: str, name: str) -> str:

@@ -1,18 +1,20 @@
 """What a task is and how it enters the queue: `TaskSpec` (its kind a `TaskKind` of the agent
 protocol), and `TaskIntake`, which queues them (a `TaskQueue` holds one). Each submit is one
 transaction: a batch is queued whole or not at all, and an idempotency key already used returns
-the task it named.
+the task it named. Model kinds and the serving kinds (`load`, `unload`) need a model; a job
+takes only `JOB_KINDS`, never a load or unload.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bitinglip_agent.protocol import JOB_KINDS, KINDS, MODEL_KINDS, TaskKind
+from bitinglip_agent.protocol import JOB_KINDS, KINDS, MODEL_KINDS, SERVE_KINDS, TaskKind
 
 from bitinglip.config import QueueConfig
 from bitinglip.control.store.db import Store
@@ -41,8 +43,18 @@ class TaskSpec:
             raise InputError(f"unknown task kind {self.kind!r}; use one of {', '.join(KINDS)}")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise InputError(f"max_attempts must be at least 1, not {self.max_attempts}")
-        if self.kind in MODEL_KINDS and not self.model:
+        if self.kind in (*MODEL_KINDS, *SERVE_KINDS) and not self.model:
             raise InputError(f"a {self.kind} task needs a model; pass --model NAME")
+        keep_alive = self.payload.get("keep_alive_s") if self.payload else None
+        if keep_alive is not None and (
+            isinstance(keep_alive, bool)
+            or not isinstance(keep_alive, int | float)
+            or not math.isfinite(keep_alive)
+        ):
+            raise InputError(
+                f"payload keep_alive_s must be a number of seconds (-1 forever, 0 unload at "
+                f"once), not {keep_alive!r}"
+            )
 
 
 compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
