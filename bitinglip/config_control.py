@@ -121,13 +121,13 @@ def _host(item: Table, folder: Path, env: Mapping[str, str]) -> HostConfig:
         "model_dir": item.opt_str("model_dir"),
         "max_concurrency": item.integer("max_concurrency", 4, 1, None, "use 1 or more"),
         "cache_quota_gib": (
-            item.number("cache_quota_gib", 0.0, 0.0) if "cache_quota_gib" in item else None
+            item.number("cache_quota_gib", 100.0, 0.0) if "cache_quota_gib" in item else None
         ),
         "max_loaded_models": item.integer(
             "max_loaded_models", 2, 1, 1024, "use a number of models, at least 1"
         ),
         "memory_budget_gib": (
-            item.number("memory_budget_gib", 0.0, 0.0) if "memory_budget_gib" in item else None
+            item.number("memory_budget_gib", 24.0, 0.0) if "memory_budget_gib" in item else None
         ),
     }
     if kind == "local":

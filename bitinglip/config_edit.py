@@ -51,6 +51,9 @@ HOST_KEY_ORDER = (
     "workdir",
     "model_dir",
     "max_concurrency",
+    "max_loaded_models",
+    "memory_budget_gib",
+    "cache_quota_gib",
     "labels",
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer.main
 
 from bitinglip.cli import app
-from bitinglip.config import HostConfig, ModelAlias, QueueConfig
+from bitinglip.config import HostConfig, ModelAlias, QueueConfig, ServingConfig
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -33,6 +33,7 @@ def test_every_profile_key_is_in_the_readme() -> None:
     keys = [f"queue.{f.name}" for f in fields(QueueConfig)]
     keys += [f.name for f in fields(HostConfig)]
     keys += [f.name for f in fields(ModelAlias) if f.name != "name"]
+    keys += [f"serving.{f.name}" for f in fields(ServingConfig)] + ["gateway.auto_pull"]
     keys += ["controller.lease_s", "durability", "data_dir"]
     missing = [k for k in keys if f"`{k}`" not in README]
     assert not missing

@@ -120,7 +120,9 @@ def test_a_duplicate_name_is_refused_and_the_file_untouched(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as error:
         add_host(loaded(path), {**GPU_C, "name": "gpu-a"})
     message = str(error.value)
-    assert message.startswith(f"{path}:33: hosts[1].name: ")
+    lines = LAB.read_text().splitlines()
+    header = lines.index('name = "gpu-a"')  # its [[hosts]] header is the line above
+    assert message.startswith(f"{path}:{header}: hosts[1].name: ")
     assert '"gpu-a" already exists' in message and "`bitinglip hosts rm gpu-a`" in message
     assert "\n" not in message
     assert path.stat().st_mtime_ns == before.st_mtime_ns
