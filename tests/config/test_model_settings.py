@@ -152,17 +152,22 @@ def test_auto_from_a_local_files_meta_reads_its_header(gguf: Path, header: GGUFH
 
 
 def test_auto_from_a_remote_meta_spreads_the_weights_over_the_layers(gguf: Path) -> None:
-    """No header to read: the weights alone (704 B) over two layers, no KV cache."""
+    """No header to read: the weights (704 B) evenly over two layers, 352 B each, and the KV
+    cache from the metadata's head counts (the same 131072 B a layer here)."""
     meta = replace(read_local(gguf), source="https://hub.example/o/r/resolve/c/tiny.gguf")
-    assert auto(model(""), GIB + 704, meta) == -1
-    assert auto(model(""), GIB + 703, meta) == 1  # 352 B a layer
-    assert auto(model(""), GIB + 352, meta) == 1
-    assert auto(model(""), GIB + 351, meta) == 0
+    assert (meta.embedding_length, meta.head_count, meta.head_count_kv) == (16, 2, 1)
+    assert auto(model(""), GIB + WHOLE_4096, meta) == -1
+    assert auto(model(""), GIB + 352 + 4096 * 32, meta) == 1
+    assert auto(model(""), GIB + 352 + 4096 * 32 - 1, meta) == 0
+    headless = replace(meta, head_count=None)  # no KV cache counted: the weights alone
+    assert auto(model(""), GIB + 704, headless) == -1
+    assert auto(model(""), GIB + 703, headless) == 1
+    assert auto(model(""), GIB + 351, headless) == 0
 
 
 def test_a_local_meta_of_another_size_is_not_trusted(gguf: Path, header: GGUFHeader) -> None:
-    meta = replace(read_local(gguf), file_size=gguf.stat().st_size + 1)
-    assert auto(model(""), GIB + 704, meta) == -1  # the uniform estimate: no KV cache
+    meta = replace(read_local(gguf), file_size=gguf.stat().st_size + 1, head_count=None)
+    assert auto(model(""), GIB + 704, meta) == -1  # the metadata's estimate, not the file's
     assert auto(model(""), GIB + 704, header) == 0
 
 

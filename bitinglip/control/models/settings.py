@@ -153,10 +153,15 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader | None:
 
 
 def _uniform_need(meta: GGUFMeta, ctx: int) -> Need:
-    """An estimate from the metadata alone: the weights spread evenly over the layers, and no
-    KV cache (the metadata has no head counts), so a partial offload is a little optimistic."""
+    """An estimate from the metadata alone: the weights spread evenly over the layers, and an
+    f16 KV cache of ctx × KV heads × 2 × head_dim (embedding / heads) × 2 B a layer when the
+    metadata has the head counts (none otherwise), so a partial offload is a little optimistic."""
     layers = meta.layers or 0
     each = meta.tensor_bytes // layers if layers else 0
+    heads, width = meta.head_count, meta.embedding_length
+    kv = 0
+    if heads and width:
+        kv = ctx * (meta.head_count_kv or heads) * 2 * (width // heads) * int(_F16)
     return Need(
         file=meta.source,
         quant=meta.quant or "?",
@@ -164,11 +169,11 @@ def _uniform_need(meta: GGUFMeta, ctx: int) -> Need:
         ctx=ctx,
         weights_bytes=meta.tensor_bytes,
         layer_bytes=(each,) * layers,
-        kv_layer_bytes=(0,) * layers,
+        kv_layer_bytes=(kv,) * layers,
         input_bytes=0,
         output_bytes=meta.tensor_bytes - each * layers,
         bytes_read=meta.bytes_read,
-        notes=("estimated from the metadata: no per-layer sizes, no KV cache",),
+        notes=("estimated from the metadata: no per-layer sizes",),
     )
 
 
