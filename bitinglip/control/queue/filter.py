@@ -51,7 +51,7 @@ _TEXT_COLUMNS = ("kind", "state", "model", "ran_on", "host", "error", "custom_id
 _TEXT = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _TEXT_COLUMNS)
 _ROW_COLUMNS = (
     "id, kind, model, coalesce(ran_on, host), state, priority, attempt, max_attempts,"
-    f" created_at, job_id, {TOKENS_PER_S}"
+    f" created_at, job_id, {TOKENS_PER_S}, wait_reason"
 )
 
 
@@ -83,6 +83,7 @@ class TaskRow:
     created_at: float
     job_id: int | None
     tokens_per_s: float | None
+    wait_reason: str | None = None  # why a queued model task waits (placement's word)
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ class TaskQueue:
                 R,
                 now,
                 "lease_owner = ?, lease_expires_at = ?, lease_token = lease_token + 1,"
-                " started_at = ?, ran_on = ?",
+                " started_at = ?, ran_on = ?, wait_reason = NULL",
                 (owner, expires, now, host),
                 detail=f"claimed by {owner}",
             )

@@ -17,7 +17,7 @@ _COLUMNS = (
     "id, kind, state, priority, payload, model, host, labels, idempotency_key, job_id, line_no,"
     " custom_id, attempt, max_attempts, retry_on_error, run_after, lease_owner, lease_token,"
     " lease_expires_at, ran_on, cancel_requested, result, error, error_kind, created_at,"
-    " started_at, finished_at, progress"
+    " started_at, finished_at, progress, wait_reason"
 )
 
 
@@ -51,6 +51,9 @@ class Task:
     started_at: float | None
     finished_at: float | None
     progress: Any = None  # the latest progress of a running task (a pull's bytes, rate, ETA)
+    # Why a queued model task is not running yet (placement's word: `waiting: pulling to gpu2
+    # (43%)`, `fits nowhere: ...`); None once claimed, or when nothing holds it back.
+    wait_reason: str | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Task:

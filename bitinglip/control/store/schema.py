@@ -156,9 +156,20 @@ MODELS = (
     "ALTER TABLE tasks ADD COLUMN progress TEXT",
 )
 
+# Placement: why a queued model task is not running yet (`waiting: pulling to gpu2 (43%)`,
+# `fits nowhere: ...`), written by the dispatcher's placement and cleared when claimed; and an
+# index over the queued tasks that name a model, for placement's per-model demand (echo tasks,
+# which name none, are not in it).
+PLACEMENT = (
+    "ALTER TABLE tasks ADD COLUMN wait_reason TEXT",
+    "CREATE INDEX tasks_queued_model ON tasks (model, host, labels)"
+    " WHERE state = 'queued' AND model IS NOT NULL",
+)
+
 # (name, statements) in order; the position is the migration's number.
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("initial", INITIAL),
     ("hosts", HOSTS),
     ("models", MODELS),
+    ("placement", PLACEMENT),
 )

@@ -1,0 +1,59 @@
+"""What placement reads and writes of the queue: the queued demand for each model, and why
+queued model tasks wait (`tasks.wait_reason`).
+
+Demand is read through `tasks_queued_model`, a partial index over the queued tasks that name a
+model, grouped by (model, host, labels): placement decides per model and honours a task's host
+and labels. Reasons are written per group in one transaction, and only where they change; a claim
+clears its task's reason (`TaskQueue.claim`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bitinglip.control.store.db import Store
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Queued, ready tasks of one model with one host pin and one label set (JSON text, as
+    stored): how many, and the newest task's id."""
+
+    model: str
+    host: str | None
+    labels: str | None
+    queued: int
+    newest: int
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None]:
+        return (self.model, self.host, self.labels)
+
+
+def demand(store: Store, kinds: Iterable[str], now: float) -> list[Demand]:
+    """The queued tasks of `kinds` that name a model and may run at `now`, grouped."""
+    kinds = tuple(kinds)
+    rows = store.conn.execute(
+        "SELECT model, host, labels, count(*), max(id) FROM tasks INDEXED BY tasks_queued_model"
+        " WHERE state = 'queued' AND model IS NOT NULL AND run_after <= ?"
+        f" AND kind IN ({','.join('?' * len(kinds))}) GROUP BY model, host, labels",
+        (now, *kinds),
+    ).fetchall()
+    return [Demand(m, h, lab, int(n), int(newest)) for m, h, lab, n, newest in rows]
+
+
+Reason = tuple[str | None, str, str | None, str | None]  # (reason or None, model, host, labels)
+
+
+def set_reasons(store: Store, reasons: Sequence[Reason]) -> None:
+    """Set (or clear, with None) the wait reason of each group's queued tasks, in one
+    transaction; rows that already say it are not written."""
+    if not reasons:
+        return
+    with store.write() as conn:
+        conn.executemany(
+            "UPDATE tasks SET wait_reason = ?1 WHERE state = 'queued' AND model = ?2"
+            " AND host IS ?3 AND labels IS ?4 AND wait_reason IS NOT ?1",
+            reasons,
+        )
