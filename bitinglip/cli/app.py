@@ -18,8 +18,10 @@ from bitinglip.cli import (
     jobs,
     models,
     models_fit,
+    models_load,
     models_pull,
     profiles,
+    ps,
     serve,
     tasks,
 )
@@ -40,10 +42,13 @@ app.add_typer(hosts.app, name="hosts")
 app.add_typer(bench.app, name="bench")
 models.app.command("pull")(models_pull.pull)
 models.app.command("fit")(models_fit.fit)
+models.app.command("load")(models_load.load)
+models.app.command("unload")(models_load.unload)
 app.add_typer(models.app, name="models")
 app.command("run")(infer.run)
 app.command("chat")(infer.chat)
 app.command("serve")(serve.serve)
+app.command("ps")(ps.ps)
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

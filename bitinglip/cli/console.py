@@ -8,7 +8,7 @@ import typer
 
 from bitinglip.cli.common import fail, note, profile_of
 
-VIEWS = ("hosts", "gpus", "tasks", "jobs", "models", "pulls", "logs")
+VIEWS = ("hosts", "gpus", "tasks", "jobs", "models", "pulls", "logs", "ps")
 
 
 def open_console(ctx: typer.Context, *, readonly: bool, view: str) -> None:

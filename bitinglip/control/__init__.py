@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from bitinglip_agent.protocol import PULL_KINDS
+from bitinglip_agent.protocol import PULL_KINDS, SERVE_KINDS
 
 from bitinglip.control.fleet.hosts import NO_PYNVML, SIGNALS
 from bitinglip.control.fleet.telemetry_ring import HOST_ROW, gpu_table
@@ -43,13 +43,17 @@ from bitinglip.control.models.hub import download_bare, list_gguf, read_range
 from bitinglip.control.models.hub import resolve as resolve_ref
 from bitinglip.control.models.hub import search as search_hub
 from bitinglip.control.models.pulls import Ticket
-from bitinglip.control.models.refs import HubFile, RepoSummary, parse_quant, split_ref
+from bitinglip.control.models.refs import HubFile, RepoSummary, parse_quant, short_name, split_ref
 from bitinglip.control.models.refs import endpoint as hub_endpoint
 from bitinglip.control.models.registry import CopyState
 from bitinglip.control.models.registry import hub_file as hub_file_of_row
+from bitinglip.control.models.settings import parse_duration
 from bitinglip.control.plane import ControlPlane, open_control_plane, use_hub_token
 from bitinglip.control.plane_fleet import (
     FleetDesk,
+    LoadedModel,
+    LoadedReport,
+    Replicas,
     agent_log,
     changed_key_error,
     check_host,
@@ -58,7 +62,7 @@ from bitinglip.control.plane_fleet import (
     setup_host,
 )
 from bitinglip.control.plane_metrics import PlaneMetrics
-from bitinglip.control.plane_models import ModelDesk
+from bitinglip.control.plane_models import ModelDesk, read_need
 from bitinglip.control.queue.filter import SORTS, TaskFilter, TaskPage, TaskRow
 from bitinglip.control.queue.filter import parse_filter as parse_task_filter
 from bitinglip.control.queue.follow import FollowMark, FollowStep
@@ -97,6 +101,7 @@ __all__ = [
     "KINDS",
     "NO_PYNVML",
     "PULL_KINDS",
+    "SERVE_KINDS",
     "SIGNALS",
     "SORTS",
     "TERMINAL",
@@ -120,11 +125,14 @@ __all__ = [
     "HubFile",
     "Job",
     "JobPace",
+    "LoadedModel",
+    "LoadedReport",
     "LocalModel",
     "ModelDesk",
     "Need",
     "PlaneMetrics",
     "QueueUsage",
+    "Replicas",
     "RepoSummary",
     "SetupReport",
     "Task",
@@ -156,15 +164,18 @@ __all__ = [
     "needs_for_files",
     "open_control_plane",
     "open_private",
+    "parse_duration",
     "parse_quant",
     "parse_task_filter",
     "plan_fit",
+    "read_need",
     "read_range",
     "record_host_key",
     "resolve_local",
     "resolve_ref",
     "search_hub",
     "setup_host",
+    "short_name",
     "split_ref",
     "use_hub_token",
     "write_lines",

@@ -68,12 +68,14 @@ class ControlPlane:
         return self.queue.submit(self._checked(spec))
 
     def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
-        return self.queue.submit_many([self._checked(spec) for spec in specs])
+        names: dict[str, str] = {}
+        return self.queue.submit_many([self._checked(spec, names=names) for spec in specs])
 
     def submit_job(self, path: Path, name: str | None = None) -> jobs.Job:
         """Check the whole file, then queue all of its lines in one transaction."""
         fmt, specs = jobs.parse_jsonl(path)
-        specs = [self._checked(spec, where=f"{path}:{spec.line_no}") for spec in specs]
+        names: dict[str, str] = {}  # each model name is resolved once for the whole file
+        specs = [self._checked(s, where=f"{path}:{s.line_no}", names=names) for s in specs]
         job_id, _ = self.queue.submit_job(name or path.name, str(path.resolve()), fmt, specs)
         return jobs.get_job(self.store, job_id)
 
@@ -87,21 +89,26 @@ class ControlPlane:
         """A queued task's priority (higher runs first); StateError for a task not queued."""
         self.queue.set_priority(task_id, priority)
 
-    def _checked(self, spec: TaskSpec, where: str = "") -> TaskSpec:
-        """`spec` with its host checked and its model by its canonical name."""
+    def _checked(
+        self, spec: TaskSpec, where: str = "", names: dict[str, str] | None = None
+    ) -> TaskSpec:
+        """`spec` with its host checked and its model by its canonical name (`names`: the
+        names resolved so far, kept across the specs of one submit)."""
         prefix = f"{where}: " if where else ""
-        names = [h.name for h in self.profile.hosts]
-        if spec.host is not None and spec.host not in names:
+        hosts = [h.name for h in self.profile.hosts]
+        if spec.host is not None and spec.host not in hosts:
             raise InputError(
                 f"{prefix}unknown host {spec.host!r}; hosts in profile {self.profile.name}: "
-                f"{', '.join(names) or '(none)'}"
+                f"{', '.join(hosts) or '(none)'}"
             )
         if spec.model is None:
             return spec
+        names = {} if names is None else names
         try:
-            model = self.models.resolve_name(spec.model)
+            model = names.get(spec.model) or self.models.resolve_name(spec.model)
         except InputError as exc:
             raise InputError(f"{prefix}{exc}") from None
+        names[spec.model] = model
         return spec if model == spec.model else replace(spec, model=model)
 
     # -- reading ---------------------------------------------------------------------------

@@ -76,6 +76,10 @@ class Cli:
     def json(self, *args: str | Path) -> Any:
         return json.loads(self.ok(*args, "--json").stdout)
 
+    def registered(self, *global_args: str | Path) -> list[dict[str, Any]]:
+        """`models ls --json` without the profile's aliases that no registered model answers."""
+        return [m for m in self.json(*global_args, "models", "ls") if m["id"] is not None]
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = self.json("status")["tasks"]
         return counts

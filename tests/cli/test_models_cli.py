@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -157,7 +156,8 @@ def test_ls_shows_each_model_and_its_copies(cli: Cli, tmp_path: Path) -> None:
     store = store_of(cli)
     registry.set_host_state(store, "gpu-1", model_id, "pulling", bytes_done=len(Q8) // 2)
     store.close()
-    (row,) = cli.json("models", "ls")
+    row, alias = cli.json("models", "ls")  # the registered model, then the profile's alias
+    assert (alias["id"], alias["alias"], alias["hosts"]) == (None, "gemma-3-270m", {})
     assert (row["id"], row["repo"], row["commit"], row["quant"]) == (
         model_id,
         REPO,
@@ -171,6 +171,7 @@ def test_ls_shows_each_model_and_its_copies(cli: Cli, tmp_path: Path) -> None:
     table = cli.ok("models", "ls").stdout.splitlines()
     assert table[0].split() == ["ID", "ALIAS", "REPO", "FILE", "QUANT", "SIZE", "COMMIT", "HOSTS"]
     assert table[1].endswith("gpu-1: pulling 50%; local: ready")
+    assert table[2].split()[:2] == ["-", "gemma-3-270m"] and table[2].endswith("not pulled")
 
 
 def test_rm_asks_then_deletes_the_local_copy_and_forgets_the_model(
@@ -191,7 +192,7 @@ def test_rm_asks_then_deletes_the_local_copy_and_forgets_the_model(
     assert f"Delete {REPO}:copy-Q8_0.gguf@cccccccccccc ({size}) from local? [y/N]" in done.stdout
     assert f"removed {REPO}:copy-Q8_0.gguf@cccccccccccc from local ({path})" in done.stderr
     assert not path.exists()
-    assert cli.json("models", "ls") == []
+    assert cli.registered() == []
 
 
 def test_rm_refuses_a_copy_being_pulled_and_queues_an_ssh_hosts_removal(
@@ -227,7 +228,7 @@ def test_rm_refuses_a_copy_being_pulled_and_queues_an_ssh_hosts_removal(
 def test_rm_of_a_host_gone_from_the_profile_forgets_its_copy(cli: Cli, tmp_path: Path) -> None:
     model_id = register_ready(cli, tmp_path / "copy-Q8_0.gguf", Q8, host="retired")
     cli.ok("models", "rm", str(model_id), "--host", "retired", "--yes")
-    (row,) = cli.json("models", "ls")  # --host keeps the registration
+    (row,) = cli.registered()  # --host keeps the registration
     assert row["hosts"] == {}
 
 
@@ -258,10 +259,10 @@ def test_models_commands_as_processes(proc: Proc, hub: Hub, commit: str) -> None
 
 
 def test_every_models_command_has_help(cli: Cli) -> None:
-    for command in ("search", "files", "ls", "inspect", "rm"):
+    for command in ("search", "files", "ls", "inspect", "rm", "pull", "fit", "load", "unload"):
         done = cli("models", command, "--help")
         assert done.exit_code == 0 and f"models {command} [OPTIONS]" in done.stdout
 
 
 def test_json_output_is_valid_for_empty_listings(cli: Cli) -> None:
-    assert json.loads(cli.ok("models", "ls", "--json").stdout) == []
+    assert cli.registered() == []  # no model registered: only the profile's alias is listed

@@ -45,7 +45,7 @@ def test_pull_pins_downloads_and_verifies(cli: Cli, commit: str) -> None:
     assert path.read_bytes() == Q8
     assert path.is_relative_to(cli.data_dir / "models")
     assert not list(path.parent.glob("*.partial"))
-    [model] = cli.json("models", "ls")
+    [model] = cli.registered()
     assert model["commit"] == commit and model["hosts"]["local"]["state"] == "ready"
     again = cli.json("models", "pull", f"{REPO}:Q8_0")
     assert again["hosts"][0]["action"] == "already"
@@ -56,7 +56,7 @@ def test_a_flipped_bit_is_quarantined_never_ready(cli: Cli, hub: Hub, commit: st
     result = cli("models", "pull", f"{REPO}:Q4_K_M")
     assert result.exit_code == 1
     assert "sha256" in result.stderr and "quarantined" in result.stderr
-    [model] = cli.json("models", "ls")
+    [model] = cli.registered()
     assert model["hosts"]["local"]["state"] == "quarantined"
     assert not list((cli.data_dir / "models").rglob("tiny-Q4_K_M.gguf"))
     assert list((cli.data_dir / "models" / ".quarantine").iterdir())
@@ -79,11 +79,11 @@ def test_a_registered_model_keeps_its_commit_when_the_branch_moves(
 ) -> None:
     cli.json("models", "pull", f"{REPO}:Q8_0")
     newer = hub.commit(REPO, {"tiny-Q8_0.gguf": tiny_gguf(seed=9, n_layers=3)})
-    [model] = cli.json("models", "ls")
+    [model] = cli.registered()
     assert model["commit"] == commit  # unchanged: the registry holds what was pulled
     pulled = cli.json("models", "pull", f"{REPO}:Q8_0")
     assert pulled["commit"] == newer  # a new pull pins the new commit: a new registration
-    commits = sorted(m["commit"] for m in cli.json("models", "ls"))
+    commits = sorted(m["commit"] for m in cli.registered())
     assert commits == sorted([commit, newer])
 
 
@@ -116,7 +116,7 @@ def test_run_pulls_a_hub_alias_where_it_fits_then_generates(
     first = cli.ok(*args, "--temperature", "0", "--seed", "1")
     assert first.stdout.strip()
     assert "pulling gemma-3-270m-Q4_K_M.gguf to local" in first.stderr
-    [model] = cli.json("--profile", profile, "models", "ls")
+    [model] = cli.registered("--profile", profile)
     assert model["alias"] == "gemma-hf" and model["commit"] == commit
     assert model["hosts"]["local"]["state"] == "ready"
     second = cli.ok(*args, "--temperature", "0", "--seed", "1")
