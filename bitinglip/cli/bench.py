@@ -107,6 +107,40 @@ def gateway(
     _print(result, as_json)
 
 
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Model alias of the profile.")] = "gemma-3-270m",
+    requests: Annotated[int, typer.Option(min=3, help="Requests of the placement part.")] = 300,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent streaming clients.")] = 8,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Tokens per request of the placement part.")
+    ] = 16,
+    peer_tokens: Annotated[
+        int, typer.Option(min=1, help="Tokens per stream against llama_cpp.server.")
+    ] = 64,
+    parallel: Annotated[int, typer.Option(min=2, max=64, help="parallel for batching.")] = 8,
+    threads: Annotated[int, typer.Option(min=1, help="llama.cpp threads, both sides.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON object.")] = False,
+) -> None:
+    """Model-aware placement against rotation (3 hosts, 3 models), the gateway against
+    llama_cpp.server, and parallel = N against 1, in one run."""
+    from bitinglip.bench import serve as bench_serve
+
+    result = bench_serve.run(
+        profile_of(ctx),
+        model,
+        requests,
+        clients,
+        max_tokens,
+        peer_tokens,
+        parallel,
+        threads,
+        progress=lambda s: note(f"bench serve {s}"),
+    )
+    _print(result, as_json)
+
+
 @app.command("fleet")
 def fleet(
     ctx: typer.Context,
