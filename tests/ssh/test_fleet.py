@@ -126,8 +126,10 @@ def test_work_spreads_over_three_hosts(
     demo_model: Path,
     running: Callable[[Profile], Any],
 ) -> None:
+    """In rotation (model-blind placement) every host with a free slot takes the next task."""
+    rotation = '[serving]\nplacement = "rotation"\n'
     profile = model_fleet(
-        tmp_path, three_hosts, ssh_profile(three_hosts), demo_model, one_slot=True
+        tmp_path, three_hosts, ssh_profile(three_hosts, extra=rotation), demo_model, one_slot=True
     )
     with running(profile) as (plane, loop):
         attached(loop, [h.name for h in three_hosts])
@@ -170,8 +172,9 @@ def test_stopping_one_host_requeues_only_its_tasks(
     demo_model: Path,
     running: Callable[[Profile], Any],
 ) -> None:
+    rotation = '[serving]\nplacement = "rotation"\n'  # one task on each host at once
     profile = model_fleet(
-        tmp_path, three_hosts, ssh_profile(three_hosts), demo_model, one_slot=True
+        tmp_path, three_hosts, ssh_profile(three_hosts, extra=rotation), demo_model, one_slot=True
     )
     with running(profile) as (plane, loop):
         attached(loop, [h.name for h in three_hosts])

@@ -4,6 +4,9 @@ Runs inside the controller loop's thread, the one that owns the database connect
 
 - handle what agents said (`inbox.Inbox`): output buffered and stored in batches, results
   completed in one transaction, errors failed, a lost agent's runs requeued at once;
+- place the queued model work: which host takes each model this step (`placement.Placement`:
+  where it is loaded, else has a copy and room, else pulled to where it fits), and say why
+  what cannot run waits;
 - start every host's agent when due, and fill every ready one up to its free slots
   (`filling.Filler`), hosts in turn (`host_agents.HostAgents`: a rotating start, so work
   spreads); a host that fails backs off on its own while the others go on;
@@ -28,6 +31,7 @@ from bitinglip.control.runtime.fleet_watch import FleetWatch
 from bitinglip.control.runtime.host_agents import HostAgent, HostAgents
 from bitinglip.control.runtime.inbox import Inbox
 from bitinglip.control.runtime.inflight import flush_output, heartbeat
+from bitinglip.control.runtime.placement import HostPlan, Placement
 
 OUTPUT_FLUSH_S = 0.05
 SILENT_AFTER_S = 10.0  # an agent quiet this long (telemetry is 1 Hz) no longer keeps leases
@@ -41,7 +45,8 @@ class Dispatcher:
         self.owner = owner
         self.hosts = HostAgents(profile)
         self.inbox = Inbox(self.hosts, wake)  # what agents said, until handled and stored
-        self.filler = Filler(profile, owner)
+        self.placement = Placement(profile)
+        self.filler = Filler(profile, owner, self.placement)
         self.watch = FleetWatch()  # health, telemetry history, loaded models
         self.accepting = True
         self.silent_after_s = min(SILENT_AFTER_S, profile.queue.lease_ttl_s)
@@ -81,13 +86,18 @@ class Dispatcher:
         """Do what is due; True when something happened (the loop then goes round again)."""
         now = time.monotonic()
         busy = self.inbox.handle(queue)
+        plans: dict[str, HostPlan] = {}
+        if self.accepting:
+            plans = self.placement.plan(queue, self.agents, self.watch.heartbeat_ok, now)
         for agent in self.hosts.in_turn():
             try:
-                busy |= self._tend(queue, agent, now)
+                busy |= self._tend(queue, agent, now, plans.get(agent.host.name))
             except Exception as exc:  # one host's boundary: the others go on
                 if is_storage(exc):
                     raise  # every host's: the loop backs off
                 self.hosts.failed(agent, exc)
+        if self.accepting:
+            self.placement.write_reasons(queue)
         if now >= self._flush_at:
             flush_output(queue, self.agents, only_first=False)
             self._flush_at = now + OUTPUT_FLUSH_S
@@ -100,14 +110,14 @@ class Dispatcher:
     def next_wake(self) -> float:
         """Seconds until a timer of this dispatcher is due."""
         now = time.monotonic()
-        due = [self._beat_at, self.watch.due_at]
+        due = [self._beat_at, self.watch.due_at, self.placement.due_at]
         if self.inflight:
             due.append(self._flush_at)
         due += [a.restart_at for a in self.agents if a.session is None]
         due += [a.fill_at for a in self.agents if a.fill_at > now]
         return max(min(due) - now, 0.0)
 
-    def _tend(self, queue: TaskQueue, agent: HostAgent, now: float) -> bool:
+    def _tend(self, queue: TaskQueue, agent: HostAgent, now: float, plan: HostPlan | None) -> bool:
         """Start the host's agent when due, or give it work; True when work was sent."""
         if not self.accepting:
             return False
@@ -116,11 +126,12 @@ class Dispatcher:
                 self.hosts.start(agent, self.inbox.receive)
             return False
         if not (
-            agent.session.ready
+            plan is not None
+            and agent.session.ready
             and now >= agent.fill_at
             and self.watch.heartbeat_ok(agent.host.name)
         ):
             return False
-        busy = self.filler.fill(queue, agent)
+        busy = self.filler.fill(queue, agent, plan)
         agent.fill_at = 0.0
         return busy

@@ -1,131 +1,147 @@
 """Filling a host with work: which kinds its agent takes, how many of each at once, and the
 `run` messages of the tasks claimed for it.
 
-A host's kinds fall into three groups, each with slots of its own: light kinds (echo, many at a
-time), pulls (a few downloads beside inference) and the rest, the model kinds (the host's
-max_concurrency). Claims honour a task's host and labels, and take a model task only where its
-model can be had: a ready copy in the registry, on the local host a PyPI-packaged alias
-(assembled on first use), on an SSH host a file named ALIAS.gguf in its model dir (its `hello`
-lists them).
+A host's kinds fall into four groups, each with slots of its own: light kinds (echo, many at a
+time), pulls (a few downloads beside inference), loads and unloads (a few beside inference) and
+the rest, the model kinds (the host's max_concurrency). Claims honour a task's host and labels.
+Model tasks are claimed only for the models the step's placement gives the host
+(`placement.HostPlan.claim`; in rotation, any model the host has: `host_models`). A run's
+`model` carries the file's path there, the model's llama.cpp settings from the profile
+(`models.settings.run_settings`, `gpu_layers = "auto"` against the host's free GPU memory) and
+its keep-alive.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from bitinglip_agent.protocol import LIGHT_KINDS, PULL_KINDS
+from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, PULL_KINDS, SERVE_KINDS
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.models import aliases as models
 from bitinglip.control.models import registry
+from bitinglip.control.models.gguf_meta import GGUFMeta, read_local
+from bitinglip.control.models.settings import keep_alive_s, run_settings
 from bitinglip.control.queue.tasks import Claim, TaskQueue
 from bitinglip.control.runtime.host_agents import HostAgent
+from bitinglip.control.runtime.placement import HostPlan, Placement
 from bitinglip.control.transport.sessions import AgentSession
 from bitinglip.errors import BitinglipError
 
 LIGHT_SLOTS = 256
 PULL_SLOTS = 2  # downloads at once per host, beside its inference slots
-
-Copies = dict[str, tuple[int, str]]  # alias -> (model id, path) of a ready copy on a host
+SERVE_SLOTS = 2  # loads and unloads at once per host, beside its inference slots
 
 
 class Filler:
     """Claims work for one host at a time and sends it to the host's agent."""
 
-    def __init__(self, profile: Profile, owner: str) -> None:
+    def __init__(self, profile: Profile, owner: str, placement: Placement) -> None:
         self.profile = profile
         self.owner = owner
+        self.placement = placement
+        self._meta: dict[str, GGUFMeta | None] = {}
 
-    def fill(self, queue: TaskQueue, agent: HostAgent) -> bool:
+    def fill(self, queue: TaskQueue, agent: HostAgent, plan: HostPlan) -> bool:
         """Claim what the host has free slots for and send it; True when runs were sent."""
         session, host = agent.session, agent.host
         assert session is not None and session.hello is not None
-        copies = self._copies(queue, host)
-        have = self._models_there(host, session.hello, copies)
+        have = plan.models.names()
         runs: list[tuple[int, int, str, dict[str, Any]]] = []
+        models: dict[str, str | None] = {}
         for kinds, free in free_slots(session, host):
+            placed = plan.claim is not None and kinds[0] in MODEL_KINDS
+            wanted = plan.claim if placed else have
+            if placed and not wanted:
+                continue  # placement gives it no model this step
             claims = queue.claim(
                 self.owner,
                 limit=free,
                 kinds=kinds,
                 host=host.name,
                 labels=dict(host.labels),
-                models=have,
-                any_path=host.kind == "local",
+                models=wanted,
+                any_path=host.kind == "local" and not placed,
             )
             for claim in claims:
-                task = self._task(queue, claim, agent, copies)
+                task = self._task(queue, claim, agent, plan)
                 if task is not None:
                     runs.append((claim.task_id, claim.token, claim.kind, task))
+                    models[f"{claim.task_id}.{claim.token}"] = claim.model
         if not runs:
             return False
         try:
             session.run(runs)
         except ConnectionError as exc:  # it never reached the agent: no attempt is spent
             queue.release([(task_id, token) for task_id, token, _, _ in runs], str(exc))
+            return True
+        self.placement.sent_runs(host.name, models.items())
         return True
 
-    def _copies(self, queue: TaskQueue, host: HostConfig) -> Copies:
-        """Aliases of the profile with a ready copy on `host`: alias -> (model id, path)."""
-        rows = queue.store.conn.execute(
-            'SELECT m.id, m.repo, m."commit", m.file, h.path FROM host_models h'
-            " JOIN models m ON m.id = h.model_id WHERE h.host = ? AND h.state = 'ready'",
-            (host.name,),
-        ).fetchall()
-        found: Copies = {}
-        for model_id, repo, commit, file, path in rows:
-            alias = registry.alias_of(self.profile, repo, commit, file)
-            if alias is not None and alias not in found:
-                found[alias] = (model_id, path)
-        return found
-
-    def _models_there(self, host: HostConfig, hello: dict[str, Any], copies: Copies) -> set[str]:
-        """The aliases whose model the host can run."""
-        have = set(copies)  # models pulled there (the registry), by alias
-        if host.kind == "local":  # this machine assembles PyPI-packaged aliases on first use
-            have |= {a for a, m in self.profile.models.items() if m.source.startswith("pypi:")}
-        else:  # and an SSH host has the files in its model dir named ALIAS.gguf
-            have |= set(hello.get("models", []))
-        return have
-
     def _task(
-        self, queue: TaskQueue, claim: Claim, agent: HostAgent, copies: Copies
+        self, queue: TaskQueue, claim: Claim, agent: HostAgent, plan: HostPlan
     ) -> dict[str, Any] | None:
         """The `run` message's task, or None when its model cannot be had (task failed)."""
         task: dict[str, Any] = {"id": claim.task_id, "kind": claim.kind, "payload": claim.payload}
-        hello = agent.session.hello if agent.session is not None else None
-        if claim.model is not None and claim.model in copies:
-            model_id, path = copies[claim.model]
-            task["model"] = {"name": claim.model, "path": path}
-            registry.touch(queue.store, agent.host.name, model_id, time.time())
-        elif claim.model is not None and agent.host.kind == "ssh" and hello is not None:
-            path = f"{hello.get('model_dir')}/{claim.model}.gguf"
-            task["model"] = {"name": claim.model, "path": path}
-        elif claim.model is not None:
-            try:
-                task["model"] = models.ensure_local(self.profile, claim.model).to_task()
+        if claim.model is None:
+            return task
+        copy = plan.models.copies.get(claim.model)
+        path = plan.models.path(claim.model)
+        if copy is not None:
+            registry.touch(queue.store, agent.host.name, copy.model_id, time.time())
+        elif agent.host.kind == "local":
+            try:  # a PyPI-packaged alias is assembled on first use
+                path = str(models.ensure_local(self.profile, claim.model).path)
             except BitinglipError as exc:
                 queue.fail(
                     claim.task_id, claim.token, str(exc), retryable=False, kind="unknown_model"
                 )
                 return None
+        if path is None:  # placement gave it a model it does not have: the next step sees
+            queue.release([(claim.task_id, claim.token)], "released: the model is not there")
+            return None
+        task["model"] = self._model(claim.model, path, agent.host, plan)
         return task
+
+    def _model(self, name: str, path: str, host: HostConfig, plan: HostPlan) -> dict[str, Any]:
+        """Contract 2's `model`: name, path, llama.cpp settings and keep-alive."""
+        meta = self._meta_of(path) if host.kind == "local" and plan.gpu_free is not None else None
+        return {
+            "name": name,
+            "path": path,
+            "settings": run_settings(self.profile, name, free_bytes=plan.gpu_free, meta=meta),
+            "keep_alive_s": keep_alive_s(self.profile, name),
+        }
+
+    def _meta_of(self, path: str) -> GGUFMeta | None:
+        """The GGUF metadata of a file on this machine (read once), for `gpu_layers = "auto"`."""
+        if path not in self._meta:
+            try:
+                self._meta[path] = read_local(Path(path))
+            except BitinglipError:
+                self._meta[path] = None
+        return self._meta[path]
 
 
 def free_slots(session: AgentSession, host: HostConfig) -> list[tuple[list[str], int]]:
     """The kinds the host's agent runs, in groups, each with its free slots (full ones left out):
-    light kinds (LIGHT_SLOTS), pulls (PULL_SLOTS), the rest (the host's max_concurrency)."""
+    light kinds (LIGHT_SLOTS), pulls (PULL_SLOTS), loads and unloads (SERVE_SLOTS), the rest:
+    the model kinds (the host's max_concurrency)."""
     kinds = session.kinds()
     light = [k for k in kinds if k in LIGHT_KINDS]
     pulls = [k for k in kinds if k in PULL_KINDS]
-    heavy = [k for k in kinds if k not in LIGHT_KINDS and k not in PULL_KINDS]
+    serve = [k for k in kinds if k in SERVE_KINDS and any(m in kinds for m in MODEL_KINDS)]
+    heavy = [k for k in kinds if k not in (*LIGHT_KINDS, *PULL_KINDS, *SERVE_KINDS)]
     in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
     in_pull = sum(1 for f in session.inflight.values() if f.kind in PULL_KINDS)
-    in_heavy = len(session.inflight) - in_light - in_pull
+    in_serve = sum(1 for f in session.inflight.values() if f.kind in SERVE_KINDS)
+    in_heavy = len(session.inflight) - in_light - in_pull - in_serve
     groups = (
         (light, LIGHT_SLOTS - in_light),
         (pulls, PULL_SLOTS - in_pull),
+        (serve, SERVE_SLOTS - in_serve),
         (heavy, host.max_concurrency - in_heavy),
     )
     return [(group, free) for group, free in groups if group and free > 0]

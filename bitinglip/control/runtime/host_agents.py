@@ -4,7 +4,9 @@ when it may be started or filled again.
 A host that fails (its agent does not start, filling it raises, its agent is lost) waits a
 backoff of its own, doubling from 0.5 s to 30 s, while the others go on; it says each reason
 once, and that its agent attached again after one. Hosts are visited in turn from a rotating
-start (`in_turn`), so work spreads.
+start (`in_turn`), so work spreads. Every time an agent attaches (its `hello`) it is sent the
+host's limits (`configure` with `limits`: `max_loaded_models`, `memory_budget_bytes`), which it
+keeps while it runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from bitinglip_agent import protocol
 
 from bitinglip.agent_bundle import Bundle
 from bitinglip.config import HostConfig, Profile
@@ -107,8 +111,9 @@ class HostAgents:
             )
 
     def attached(self, session: AgentSession) -> None:
-        """The host's agent said hello: its backoff starts over."""
+        """The host's agent said hello: its backoff starts over, and it is sent its limits."""
         agent = self.of(session)
+        session.transport.send(protocol.encode("configure", "limits", limits=limits(agent.host)))
         if agent.said:
             log.warning("host %s: agent attached again", session.host)
         agent.backoff, agent.said = 0.0, ""
@@ -128,3 +133,12 @@ class HostAgents:
         agent.session = None
         agent.restart_at = time.monotonic() + agent.back_off()
         log.warning("agent %s lost (%s); restarting in %.1fs", session.host, reason, agent.backoff)
+
+
+def limits(host: HostConfig) -> dict[str, int | None]:
+    """The `limits` of a `configure` message: what the host's agent may keep loaded."""
+    budget = host.memory_budget_gib
+    return {
+        "max_loaded_models": host.max_loaded_models,
+        "memory_budget_bytes": None if budget is None else int(budget * (1 << 30)),
+    }

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, TaskKind
+from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, SERVE_KINDS, TaskKind
 
 from bitinglip.config import Profile
 from bitinglip.control.queue.tasks import TaskQueue
@@ -161,7 +161,11 @@ class ControlLoop:
 
     def _sleep(self, queue: TaskQueue, timer_at: float) -> None:
         wake = timer_at - time.monotonic()
-        kinds = (TaskKind.ECHO,) if self.dispatcher is None else (*LIGHT_KINDS, *MODEL_KINDS)
+        kinds = (
+            (TaskKind.ECHO,)
+            if self.dispatcher is None
+            else (*LIGHT_KINDS, *MODEL_KINDS, *SERVE_KINDS)
+        )
         due = queue.next_due(kinds)
         if due is not None:
             wake = min(wake, due - time.time())

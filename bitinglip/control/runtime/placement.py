@@ -1,0 +1,398 @@
+"""Placement: which host takes each model's queued work (`[serving] placement = "model"`).
+
+Once per dispatcher step, before any host claims, placement turns the queued demand for each
+model (`queue.waiting.demand`: counts per model, host pin and labels, one indexed query) into the
+set of models each host may claim this step; the claim stays one indexed query per host
+(`TaskQueue.claim(models=...)`). A model has *homes*: the hosts that serve it. For a model with
+no home that can take a group of its tasks (within their host and labels), a home is chosen, in
+this order of preference:
+
+1. a host where the model is loaded (the agent's telemetry);
+2. a host with a ready copy and room to load it: fewer than its `max_loaded_models` models with
+   work (an idle one the agent evicts, least recently used first), and the model's estimate
+   (file size x 1.2: model_sizes.py) within its memory budget, or the free GPU memory (RAM on a host
+   without GPUs) its telemetry reports, less what models placed there and not loaded yet need;
+   among those, the host with the fewest models, then the most free memory;
+3. a host where it fits with no copy, when the model is registered: pulled there first (one
+   pull, whatever the number of requests; `pulls.plan` joins one in progress);
+4. none: the tasks stay queued, and say why.
+
+**Stickiness**: a model gets another home only when its backlog (queued tasks beyond the free
+slots of its homes) exceeds `[serving] scale_out_queue_depth` per home with the model loaded, or
+when a home is lost (a host not ready for LOST_AFTER_S). A home with no work, nothing running and
+the model no longer loaded there is forgotten after HOME_IDLE_S. Until every host has attached
+once, or failed to (or ATTACH_GRACE_S has passed), no home is chosen, so the first host to attach
+does not get every model.
+
+**Replicas**: a model with `min_replicas = N` keeps N homes, each sent a `load` task (pinned to
+its host) while the model is not loaded there; a lost home is replaced by the same rules.
+
+**Wait reasons**: a queued group that cannot run now says why in `tasks.wait_reason`
+(`waiting: pulling to gpu2 (43%)`, `waiting: loading on gpu1`, `fits nowhere: needs 9.1 GiB,
+largest free 7.8 GiB`), written after the step's claims, in one transaction, and only where a
+group's reason changed or it has new tasks.
+
+`placement = "rotation"` is the model-blind behaviour kept for comparison: every host claims any
+model it has, hosts in turn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bitinglip_agent.protocol import MODEL_KINDS, TERMINAL, TaskState
+
+from bitinglip.config import Profile
+from bitinglip.control.models import pulls, registry
+from bitinglip.control.queue import waiting
+from bitinglip.control.queue.tasks import TaskQueue
+from bitinglip.control.runtime import host_models
+from bitinglip.control.runtime.host_agents import HostAgent
+from bitinglip.control.runtime.host_models import Home, Host, HostModels
+from bitinglip.control.runtime.model_sizes import ModelSizes
+from bitinglip.control.runtime.replicas import Replicas
+from bitinglip.errors import BitinglipError
+
+log = logging.getLogger("bitinglip.control.runtime.dispatcher")
+
+GIB = 1 << 30
+LOST_AFTER_S = 5.0  # a host not ready this long is lost: its models are placed elsewhere
+ATTACH_GRACE_S = 10.0  # homes wait this long at most for every host to attach once
+HOME_IDLE_S = 10.0  # a home with no work and the model not loaded is forgotten after this
+WAIT_TICK_S = 0.5  # while something waits on placement, the dispatcher looks again this often
+
+
+@dataclass
+class HostPlan:
+    """What one host may claim this step: `claim` the models placement gives it (None in
+    rotation: every model it has, `models.names()`), with its models and free GPU memory."""
+
+    models: HostModels
+    claim: frozenset[str] | None
+    gpu_free: int | None
+
+
+class Placement:
+    """The dispatcher's placement of model work on hosts; one per dispatcher (its thread)."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.rotation = profile.serving.placement == "rotation"
+        self.depth = profile.serving.scale_out_queue_depth
+        self.homes: dict[str, dict[str, Home]] = {}  # model -> host -> home
+        self.sent: dict[str, dict[str, str]] = {}  # host -> run id -> model
+        self.due_at = math.inf
+        self._started = time.monotonic()
+        self._seen: set[str] = set()  # hosts attached (or failed to) at least once
+        self._down: dict[str, float] = {}  # host -> since when it is not ready
+        self._demand: Counter[str] = Counter()
+        self._groups: list[waiting.Demand] = []
+        self._reasons: dict[tuple[str, str | None, str | None], str | None] = {}
+        self._written: dict[tuple[str, str | None, str | None], tuple[str | None, int, int]] = {}
+        self.sizes = ModelSizes(profile)
+        self.replicas = Replicas(profile)
+
+    # -- the step --------------------------------------------------------------------------
+
+    def plan(
+        self,
+        queue: TaskQueue,
+        agents: Sequence[HostAgent],
+        ok: Callable[[str], bool],
+        now: float,
+    ) -> dict[str, HostPlan]:
+        """Each ready host's plan for this step (monotonic `now`)."""
+        hosts = self._hosts(queue, agents, ok, now)
+        if self.rotation:
+            return {n: HostPlan(h.models, None, h.gpu_free) for n, h in hosts.items()}
+        self._lost(now)
+        self._groups = waiting.demand(queue.store, MODEL_KINDS, queue.clock())
+        self._demand = Counter()
+        for group in self._groups:
+            self._demand[group.model] += group.queued
+        self._reasons = {}
+        claim: dict[str, set[str]] = {name: set() for name in hosts}
+        for group in sorted(self._groups, key=lambda g: (g.host is not None, g.labels or "")):
+            self._place(queue, group, hosts, claim, now)
+        if self.replicas.wanted and now >= self.replicas.due_at:
+            self.replicas.keep(self, queue, hosts, now)
+        for model, homes in self.homes.items():  # every home claims its model
+            for name in homes:
+                if name in claim and hosts[name].models.has(model):
+                    claim[name].add(model)
+        self._forget_idle(hosts, now)
+        waits = any(r is not None for r in self._reasons.values()) or bool(self._down)
+        unsettled = not self._settled(now)
+        self.due_at = now + WAIT_TICK_S if waits or unsettled else math.inf
+        if self.replicas.wanted:
+            self.due_at = min(self.due_at, self.replicas.due_at)
+        return {n: HostPlan(h.models, frozenset(claim[n]), h.gpu_free) for n, h in hosts.items()}
+
+    def sent_runs(self, host: str, runs: Iterable[tuple[str, str | None]]) -> None:
+        """Runs sent to `host` (run id, model): counted as running there while in flight."""
+        mine = self.sent.setdefault(host, {})
+        for run_id, model in runs:
+            if model is not None:
+                mine[run_id] = model
+
+    def write_reasons(self, queue: TaskQueue) -> None:
+        """Store this step's wait reasons (after its claims), where they changed."""
+        batch: list[waiting.Reason] = []
+        for group in self._groups:
+            reason = self._reasons.get(group.key)
+            if self._changed(group, reason):
+                batch.append((reason, group.model, group.host, group.labels))
+                self._written[group.key] = (reason, group.newest, group.queued)
+        live = {g.key for g in self._groups}
+        for key in [k for k in self._written if k not in live]:
+            del self._written[key]
+        waiting.set_reasons(queue.store, batch)
+
+    def _changed(self, group: waiting.Demand, reason: str | None) -> bool:
+        """Whether the group's stored reason needs writing: it changed, or (a reason) the
+        group has tasks it was not written for."""
+        before = self._written.get(group.key)
+        if before is None:
+            return reason is not None
+        if before[0] != reason:
+            return True
+        return reason is not None and (group.newest > before[1] or group.queued > before[2])
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    def _hosts(
+        self, queue: TaskQueue, agents: Sequence[HostAgent], ok: Callable[[str], bool], now: float
+    ) -> dict[str, Host]:
+        """The ready hosts (their agent attached, its heartbeat good); the others are down."""
+        hosts: dict[str, Host] = {}
+        for agent in agents:
+            session, name = agent.session, agent.host.name
+            if session is None or not session.ready or session.hello is None or not ok(name):
+                self._down.setdefault(name, now)
+                transport = None if session is None else session.transport
+                error: str = getattr(transport, "last_error", "")
+                if agent.backoff > 0 or error:
+                    self._seen.add(name)  # its first try failed: nothing to wait for
+                continue
+            self._down.pop(name, None)
+            self._seen.add(name)
+            sent = self.sent.setdefault(name, {})
+            for run_id in [r for r in sent if r not in session.inflight]:
+                del sent[run_id]
+            models = host_models.read(queue.store, self.profile, agent.host, session.hello)
+            hosts[name] = Host.of(agent.host, session, models, Counter(sent.values()))
+        return hosts
+
+    def _lost(self, now: float) -> None:
+        """Homes on hosts not ready for LOST_AFTER_S are dropped (placed again elsewhere)."""
+        lost = {n for n, since in self._down.items() if now - since >= LOST_AFTER_S}
+        for model, homes in self.homes.items():
+            for name in lost & set(homes):
+                del homes[name]
+                log.warning("host %s lost: model %s is placed elsewhere", name, model)
+
+    def _settled(self, now: float) -> bool:
+        every = {a.name for a in self.profile.hosts}
+        return every <= self._seen or now - self._started >= ATTACH_GRACE_S
+
+    # -- one group of a model's tasks ------------------------------------------------------
+
+    def _place(
+        self,
+        queue: TaskQueue,
+        group: waiting.Demand,
+        hosts: dict[str, Host],
+        claim: dict[str, set[str]],
+        now: float,
+    ) -> None:
+        model = group.model
+        homes = self.homes.setdefault(model, {})
+        for host in hosts.values():  # where it is loaded already, it is at home
+            if host.name not in homes and host.is_loaded(model):
+                homes[host.name] = Home(now)
+        eligible = [h for h in hosts.values() if _admits(h, group)]
+        serving = [h for h in eligible if h.name in homes and h.models.has(model)]
+        if not serving:
+            pulling = [h for h in eligible if h.name in homes and homes[h.name].pulling]
+            if pulling:
+                self._reasons[group.key] = self._pulling(queue, model, pulling[0])
+                return
+            chosen, why = self.choose(queue, model, eligible, now)
+            if chosen is None:
+                self._reasons[group.key] = why
+                return
+            if not chosen.models.has(model):
+                self._reasons[group.key] = self.pull(queue, model, chosen, now)
+                return
+            homes[chosen.name] = Home(now)
+            serving = [chosen]
+        elif group.host is None:
+            self._scale_out(queue, group, eligible, serving, now)
+        for host in serving:
+            claim[host.name].add(model)
+            homes[host.name].pulling = None  # there now
+        if any(h.is_loaded(model) for h in serving):
+            self._reasons[group.key] = None
+        else:
+            self._reasons[group.key] = "waiting: loading on " + ", ".join(h.name for h in serving)
+
+    def _scale_out(
+        self,
+        queue: TaskQueue,
+        group: waiting.Demand,
+        eligible: list[Host],
+        serving: list[Host],
+        now: float,
+    ) -> None:
+        """One more home for the group's model when its backlog per home with the model loaded
+        exceeds the scale-out depth (and every home has it loaded: one new home at a time)."""
+        backlog = group.queued - sum(h.free_slots for h in serving)
+        model, homes = group.model, self.homes[group.model]
+        if backlog <= self.depth * len(serving) or not all(h.is_loaded(model) for h in serving):
+            return
+        others = [h for h in eligible if h.name not in homes]
+        chosen, _ = self.choose(queue, model, others, now)
+        if chosen is not None and chosen.models.has(model):
+            homes[chosen.name] = Home(now)
+            serving.append(chosen)
+            log.info("model %s: scaled out to %s (%d queued)", model, chosen.name, group.queued)
+
+    def choose(
+        self, queue: TaskQueue, model: str, eligible: list[Host], now: float
+    ) -> tuple[Host | None, str]:
+        """A new home for `model` among `eligible` (see the module docstring), or None and why."""
+        if not self._settled(now):
+            return None, "waiting: hosts are attaching"
+        if not eligible:
+            return None, "waiting: no connected host may run it"
+        row = self.sizes.row(queue.store, model)
+        need = self.sizes.need(model)
+        options: list[tuple[tuple[Any, ...], Host]] = []
+        largest, full = -1, []
+        for host in eligible:
+            has = host.models.has(model)
+            if not has and not _pullable(row, host.name):
+                continue
+            avail = self._available(host, model)
+            if need is not None and avail is not None and need > avail:
+                largest = max(largest, avail)
+                continue
+            busy, placed = self._occupancy(host, model)
+            cap = host.config.max_loaded_models
+            if busy >= cap:
+                full.append(host.name)
+                continue
+            evicts = placed >= cap
+            pulling = _copy_state(row, host.name) == registry.PULLING
+            first = (not host.is_loaded(model), not has, not pulling, evicts)
+            options.append(((*first, busy, placed, -(avail or 0), host.name), host))
+        if options:
+            return min(options, key=lambda o: o[0])[1], ""
+        if full:
+            return None, f"waiting: no room (max_loaded_models busy) on {', '.join(full)}"
+        if largest >= 0 and need is not None:
+            return None, (
+                f"fits nowhere: needs {need / GIB:.1f} GiB, largest free {largest / GIB:.1f} GiB"
+            )
+        return None, f"waiting: no host has {model}; pull it with `bitinglip models pull`"
+
+    def _occupancy(self, host: Host, model: str) -> tuple[int, int]:
+        """(models placed on `host` with work or replicas, models placed or loaded there),
+        `model` not counted."""
+        placed = {m for m, homes in self.homes.items() if host.name in homes and m != model}
+        busy = sum(
+            1
+            for m in placed
+            if self._demand[m] or host.running[m] or self.homes[m][host.name].replica
+        )
+        return busy, max(len(placed), len(host.loaded - _path_set(host, [model])))
+
+    def _available(self, host: Host, model: str) -> int | None:
+        """Memory a new model may use on `host`: its budget less what its busy models need,
+        else its free memory (telemetry) less what models placed and not loaded yet need."""
+        budget = host.config.memory_budget_gib
+        others = [m for m, homes in self.homes.items() if host.name in homes and m != model]
+        if budget is not None:
+            held = [m for m in others if self._demand[m] or host.serves(m)]
+            return int(budget * GIB) - sum((self.sizes.need(m) or 0) for m in held)
+        if host.mem_free is None:
+            return None
+        pending = [m for m in others if not host.is_loaded(m)]
+        return host.mem_free - sum((self.sizes.need(m) or 0) for m in pending)
+
+    # -- pulls -----------------------------------------------------------------------------
+
+    def pull(self, queue: TaskQueue, model: str, host: Host, now: float) -> str:
+        row = self.sizes.row(queue.store, model)
+        assert row is not None  # _choose offers a host without a copy only for a registered one
+        try:
+            [ticket] = pulls.plan(queue, registry.hub_file(row), [host.config])
+        except BitinglipError as exc:
+            return f"waiting: cannot pull to {host.name}: {exc}"
+        self.homes[model][host.name] = Home(now, pulling=ticket.task_id)
+        self.sizes.forget(model)
+        log.info("model %s: pulling to %s (task %s)", model, host.name, ticket.task_id)
+        return f"waiting: pulling to {host.name}"
+
+    def _pulling(self, queue: TaskQueue, model: str, host: Host) -> str:
+        home = self.homes[model][host.name]
+        row = queue.store.conn.execute(
+            "SELECT state, progress, error FROM tasks WHERE id = ?", (home.pulling,)
+        ).fetchone()
+        if row is None or TaskState(row[0]) in TERMINAL:  # it ended without a copy: again
+            del self.homes[model][host.name]
+            self.sizes.forget(model)
+            error = "" if row is None or row[2] is None else f": {row[2]}"
+            return f"waiting: the pull to {host.name} ended{error}"
+        progress = json.loads(row[1]) if row[1] else None
+        if isinstance(progress, dict) and progress.get("total"):
+            share = int(progress.get("bytes", 0)) * 100 // max(int(progress["total"]), 1)
+            return f"waiting: pulling to {host.name} ({share}%)"
+        return f"waiting: pulling to {host.name}"
+
+    def _forget_idle(self, hosts: dict[str, Host], now: float) -> None:
+        for model, homes in self.homes.items():
+            if self._demand[model]:
+                continue
+            for name, home in list(homes.items()):
+                host = hosts.get(name)
+                if home.replica or home.pulling is not None or now - home.since < HOME_IDLE_S:
+                    continue
+                if host is not None and host.serves(model):
+                    continue
+                del homes[name]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _admits(host: Host, group: waiting.Demand) -> bool:
+    """The host may run the group's tasks: their host pin and labels."""
+    if group.host is not None and group.host != host.name:
+        return False
+    if not group.labels:
+        return True
+    wanted: dict[str, str] = json.loads(group.labels)
+    have = host.config.labels
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
+def _pullable(row: dict[str, Any] | None, host: str) -> bool:
+    """A registered model whose copy on `host` did not give up (failed, quarantined)."""
+    return row is not None and _copy_state(row, host) in (None, registry.PULLING, registry.READY)
+
+
+def _copy_state(row: dict[str, Any] | None, host: str) -> str | None:
+    copy = None if row is None else row["hosts"].get(host)
+    return None if copy is None else str(copy["state"])
+
+
+def _path_set(host: Host, models: Iterable[str]) -> frozenset[str]:
+    return frozenset(p for m in models if (p := host.models.path(m)) is not None)
