@@ -15,7 +15,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitinglip.gateway.errors import ApiError, bad_request
+from bitinglip.control import parse_duration
+from bitinglip.errors import InputError
+from bitinglip.gateway.errors import bad_request
 
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat uses the model's 256
 MAX_STOP = 4
@@ -24,6 +26,7 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 
 # Keys accepted and ignored (they change nothing a single model on a host could honour).
 _IGNORED = frozenset({"user", "metadata", "store", "service_tier"})
+MAX_MODEL_NAME = 512  # a model id: an alias, a registered ref or short name
 
 INT32_MAX = 2**31 - 1  # llama.cpp's token counts are C ints
 UINT32_MAX = 2**32 - 1
@@ -71,7 +74,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 
 def completion(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     """POST /v1/completions."""
-    known = {"model", "prompt", "echo", "suffix", "best_of", "logprobs", *_SAMPLING, *_IGNORED}
+    known = {"model", "prompt", "echo", "suffix", "best_of", "logprobs", "keep_alive"}
+    known |= {*_SAMPLING, *_IGNORED}
     _check_keys(body, known)
     model = _model(body, models)
     prompt = body.get("prompt")
@@ -85,7 +89,7 @@ def completion(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     _only(body, "suffix", (None,), "suffix is not supported")
     _only(body, "best_of", (None, 1), "best_of must be 1")
     _only(body, "logprobs", (None, 0), "logprobs are not supported")
-    payload = {"prompt": prompt, **_sampling(body, "max_tokens")}
+    payload = {"prompt": prompt, **_sampling(body, "max_tokens"), **_keep_alive(body)}
     payload.setdefault("max_tokens", COMPLETIONS_MAX_TOKENS)
     return _request("completions", "generate", model, payload, body)
 
@@ -99,6 +103,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
         "logprobs",
         "top_logprobs",
         "response_format",
+        "keep_alive",
         *_SAMPLING,
         *_IGNORED,
     }
@@ -110,7 +115,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         raise bad_request('response_format must be {"type": "text"}', param="response_format")
-    params = _sampling(body, "max_tokens")
+    params = _sampling(body, "max_tokens") | _keep_alive(body)
     limit = _int(body, "max_completion_tokens", low=1, high=INT32_MAX)
     if limit is not None:
         params["max_tokens"] = limit
@@ -119,7 +124,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
 
 def embeddings(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     """POST /v1/embeddings."""
-    _check_keys(body, {"model", "input", "encoding_format", "dimensions", *_IGNORED})
+    _check_keys(body, {"model", "input", "encoding_format", "dimensions", "keep_alive", *_IGNORED})
     model = _model(body, models)
     value = body.get("input")
     inputs = [value] if isinstance(value, str) else value
@@ -137,7 +142,8 @@ def embeddings(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     if fmt not in ("float", "base64"):
         raise bad_request('encoding_format must be "float" or "base64"', param="encoding_format")
     _only(body, "dimensions", (None,), "dimensions is not supported")
-    return ApiRequest("embeddings", "embed", model, {"input": value}, encoding_format=fmt)
+    payload = {"input": value, **_keep_alive(body)}
+    return ApiRequest("embeddings", "embed", model, payload, encoding_format=fmt)
 
 
 # -- parts --------------------------------------------------------------------------------
@@ -261,18 +267,38 @@ def _stop(value: Any) -> list[str] | None:
 
 
 def _model(body: dict[str, Any], models: Collection[str]) -> str:
+    """The model's name: an alias of `models` or, to be resolved against the registry when the
+    request is queued (`catalog.resolve`), a registered model's ref or short name."""
+    del models  # every name is resolved at submit, where the registry is
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required: a model id from GET /v1/models", param="model")
-    if model not in models:
-        raise ApiError(
-            400,
-            f"the model {model!r} does not exist here; use one of {', '.join(sorted(models))} "
-            "(GET /v1/models)",
+    if len(model) > MAX_MODEL_NAME or not model.isprintable():
+        raise bad_request(
+            f"model must be a model id from GET /v1/models (at most {MAX_MODEL_NAME} "
+            "printable characters)",
             param="model",
-            code="model_not_found",
         )
     return model
+
+
+def _keep_alive(body: dict[str, Any]) -> dict[str, float]:
+    """`keep_alive` (Ollama's: a duration like "5m" or a number of seconds; negative keeps the
+    model loaded for ever, 0 unloads it after this request) as the payload's `keep_alive_s`."""
+    value = body.get("keep_alive")
+    if value is None:
+        return {}
+    fix = 'keep_alive must be a duration like "5m", "90s", "1h" or a number of seconds'
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise bad_request(f"{fix}, not {_name(value)}", param="keep_alive")
+    if isinstance(value, int | float):
+        if abs(value) > 1e12 or not math.isfinite(value):
+            raise bad_request(f"{fix}, not {value}", param="keep_alive")
+        return {"keep_alive_s": -1.0 if value < 0 else float(value)}
+    try:
+        return {"keep_alive_s": parse_duration(value)}
+    except InputError:
+        raise bad_request(f"{fix}, not {_shown(value)}", param="keep_alive") from None
 
 
 def _check_keys(body: dict[str, Any], known: Collection[str]) -> None:

@@ -53,11 +53,16 @@ async def answer(
 ) -> Response:
     queue: asyncio.Queue[Event] = asyncio.Queue()
     watch = Watch(asyncio.get_running_loop(), queue, want_output=req.stream)
-    spec = TaskSpec(kind=req.kind, model=req.model, payload=req.payload, priority=config.priority)
+    name, target = await bridge.call(lambda plane: catalog.resolve(plane, req.model, req.kind))
+    if target is not None:  # on no host yet: pulled where it fits, then the task waits for it
+        if not config.auto_pull:
+            raise catalog.not_pulled(name)
+        await catalog.pull(bridge, name, target)
+    spec = TaskSpec(kind=req.kind, model=name, payload=req.payload, priority=config.priority)
 
     def submit(plane: ControlPlane) -> int:
         if req.endpoint == "embeddings":
-            widths.check(plane, req.model, req.inputs)
+            widths.check(plane, name, req.inputs)
         return _submit(bridge, config, plane, spec, watch)
 
     task_id = await bridge.call(submit)
@@ -77,7 +82,7 @@ async def answer(
             if req.endpoint == "embeddings":
                 vectors = result.get("embeddings") or [None]
                 if isinstance(vectors[0], list):
-                    widths.learn(req.model, len(vectors[0]))
+                    widths.learn(name, len(vectors[0]))
                 return JSONResponse(shapes.embeddings_body(req, result), headers=headers)
             body = shapes.completion_body(req, task_id, created, result)
             return JSONResponse(body, headers=headers)
@@ -111,8 +116,6 @@ def _submit(
             code="queue_full",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    assert spec.model is not None
-    catalog.check_runnable(plane, spec.model, spec.kind)
     try:
         task_id = plane.submit(spec)
     except InputError as exc:

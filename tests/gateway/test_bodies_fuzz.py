@@ -31,7 +31,9 @@ message = st.dictionaries(
     values | st.sampled_from(["system", "developer", "user", "assistant"]),
     max_size=3,
 )
-COMMON = ["model", "user", "metadata", "stream", "stream_options", "n", "tools", "bogus"]
+COMMON = [
+    "model", "user", "metadata", "stream", "stream_options", "n", "tools", "bogus", "keep_alive",
+]  # fmt: skip
 SAMPLING = ["max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "stop"]
 PENALTIES = ["frequency_penalty", "presence_penalty", "logit_bias"]
 # each reader with the keys it reads (so that a body gets past the unknown-key check)
@@ -66,7 +68,7 @@ def never_500(parse: Parse, found: dict[str, Any]) -> None:
         assert 400 <= exc.status < 500 and exc.message and "\n" not in exc.message
     else:
         json.dumps(req.payload)  # what is queued is JSON
-        assert req.model == "m"
+        assert req.model == found["model"]  # any name: resolved against the registry at submit
 
 
 @settings(max_examples=300, deadline=None)

@@ -155,7 +155,7 @@ def test_metrics_without_a_key_leave_hosts_out(served: Served, keyed: Served) ->
 
 def test_models_without_a_key_name_no_hosts(served: Served) -> None:
     [model] = request(served, "GET", "/v1/models").json()["data"]
-    assert set(model) == {"id", "object", "created", "owned_by", "source"}
+    assert set(model) == {"id", "object", "created", "owned_by", "source", "names"}
     assert set(request(served, "GET", f"/v1/models/{MODEL}").json()) == set(model)
 
 
