@@ -17,9 +17,11 @@ from typing import Any
 
 from bitinglip_agent.gguf_reader import (
     GGML_TYPES,
+    INT_TYPES,
     STRING,
     Header,
     InvalidGGUF,
+    Metadata,
     file_reads,
     int_value,
     parse_header,
@@ -51,6 +53,8 @@ class GGUFSummary:
     file_type: int | None
     has_chat_template: bool  # `tokenizer.chat_template` is present (a string)
     pooling_type: int | None = None  # `<arch>.pooling_type`: how it pools embeddings, if it says
+    # K and V cache elements one token of context takes over all layers (None: unknown).
+    kv_elements_per_token: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +101,26 @@ def _summary(h: Header, file_size: int) -> GGUFSummary:
         has_chat_template=meta.get("tokenizer.chat_template", (-1, None))[0] == STRING,
         # Not among the reader's kept values (gguf_reader._ARCH_KEYS), so None for every file.
         pooling_type=int_value(meta, f"{arch}.pooling_type"),
+        kv_elements_per_token=_kv_elements(meta, arch),
     )
+
+
+def _kv_elements(meta: Metadata, arch: str | None) -> int | None:
+    """K and V elements per token of context, over all layers: the KV cache's size (times the
+    cache type's bytes per element) for one token, from the attention shape."""
+    layers = int_value(meta, f"{arch}.block_count")
+    embd = int_value(meta, f"{arch}.embedding_length")
+    heads = int_value(meta, f"{arch}.attention.head_count")
+    if not (layers and embd and heads):
+        return None
+    kv_type, kv_value = meta.get(f"{arch}.attention.head_count_kv", (-1, None))
+    if isinstance(kv_value, list) and kv_value:  # per layer
+        kv_heads = [int(v) for v in kv_value[:layers]]
+    else:
+        kv_heads = [int(kv_value) if kv_type in INT_TYPES and kv_value else heads] * layers
+    k_len = int_value(meta, f"{arch}.attention.key_length") or embd // heads
+    v_len = int_value(meta, f"{arch}.attention.value_length") or embd // heads
+    return sum(n * (k_len + v_len) for n in kv_heads)
 
 
 def _check_tensor_data(h: Header, file_size: int) -> None:

@@ -1,9 +1,13 @@
-"""The inference child: one model, loaded with llama-cpp-python, one request at a time.
+"""The inference child: one model, loaded with llama-cpp-python, with the run settings the
+agent passes (`--settings`, settings.py's names).
 
-Run by the agent as `python -m bitinglip_agent.infer --model PATH ...`; it is the only module
-that imports llama_cpp. It speaks JSON lines with the agent: requests on stdin (`generate`,
-`chat`, `embed`, `cancel`, `exit`), answers on stdout (`ready`, `chunk`, `done`, `error`).
-Chunks are coalesced: at most one line per CHUNK_EVERY_S, whatever the token rate. A crash here
+Run by the agent as `python -m bitinglip_agent.infer --model PATH ...`; it and the modules it
+starts (`engine`, `prompts`, `batch`) are the only ones that import llama_cpp. It speaks JSON
+lines with the agent: requests on stdin (`generate`, `chat`, `embed`, `cancel`, `exit`), answers
+on stdout (`ready` with the effective settings read back from llama.cpp, `chunk`, `done`,
+`error`). A generate model decodes up to `parallel` requests together (batch.py: continuous
+batching; the agent sends that many at once); an embedding model runs one request at a time.
+Chunks are coalesced: at most one line per batch.CHUNK_EVERY_S per request. A crash here
 (llama.cpp aborts on OOM and asserts) costs this process only.
 """
 
@@ -17,13 +21,9 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from bitinglip_agent.gguf_check import GGUFSummary, check_gguf
-
-CHUNK_EVERY_S = 0.05
-PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repeat_penalty")
 
 _out_lock = threading.Lock()
 
@@ -35,119 +35,78 @@ def emit(ev: str, **fields: Any) -> None:
         sys.stdout.flush()
 
 
-class Child:
-    def __init__(self, llm: Any, mode: str) -> None:
-        self.llm = llm
-        self.mode = mode
-        self.requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+class Requests:
+    """Requests from stdin to a queue (None at the end); cancels take effect at once. The
+    requests of one read go to the queue together: a burst the agent sent at once starts in
+    the same decode step."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
         self.canceled: set[str] = set()
 
     def read_stdin(self) -> None:
-        """Requests go to the queue; cancels take effect at once."""
-        for line in sys.stdin:
+        fd, rest = sys.stdin.fileno(), b""
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                break
+            *lines, rest = (rest + data).split(b"\n")
+            burst, exiting = self._parse(lines)
+            if burst:
+                self.queue.put(burst)
+            if exiting:
+                break
+        self.queue.put(None)
+
+    def _parse(self, lines: list[bytes]) -> tuple[list[dict[str, Any]], bool]:
+        burst: list[dict[str, Any]] = []
+        for line in lines:
             try:
                 msg = json.loads(line)
             except ValueError:
                 continue
+            if not isinstance(msg, dict):
+                continue
             if msg.get("op") == "cancel":
                 self.canceled.add(str(msg.get("id")))
             elif msg.get("op") == "exit":
-                break
+                return burst, True
             else:
-                self.requests.put(msg)
-        self.requests.put(None)
+                burst.append(msg)
+        return burst, False
+
+    def start(self) -> Requests:
+        threading.Thread(target=self.read_stdin, daemon=True).start()
+        return self
+
+
+class Embedder:
+    """An embedding model (llama-cpp-python's Llama): one request at a time."""
+
+    def __init__(self, llm: Any, requests: Requests) -> None:
+        self.llm = llm
+        self.requests = requests
 
     def serve(self) -> None:
-        threading.Thread(target=self.read_stdin, daemon=True).start()
         while True:
-            msg = self.requests.get()
-            if msg is None:
+            burst = self.requests.queue.get()
+            if burst is None:
                 return
-            run_id = str(msg.get("id"))
-            try:
-                result = self.run(msg["op"], run_id, msg.get("payload") or {})
-            except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as exc:
-                emit(
-                    "error",
-                    id=run_id,
-                    code="inference_failed",
-                    message=f"{type(exc).__name__}: {exc}",
-                )
-            else:
-                emit("done", id=run_id, result=result)
-            self.canceled.discard(run_id)
+            for msg in burst:
+                self.one(msg)
 
-    def run(self, op: str, run_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        if op == "embed":
-            return self.embed(payload)
-        # No prefix cache across requests: the same request must give the same output whatever
-        # ran before it (a reused prefix changes the floating-point path).
-        self.llm.reset()
-        params = {k: payload[k] for k in PARAMS if payload.get(k) is not None}
-        params.setdefault("max_tokens", 256)
-        start = time.perf_counter()
-        if op == "generate":
-            stream = self.llm.create_completion(prompt=payload["prompt"], stream=True, **params)
-            return self.stream(run_id, stream, lambda choice: choice.get("text"), start)
-        if op == "chat":
-            stream = self.llm.create_chat_completion(
-                messages=payload["messages"], stream=True, **params
-            )
-            return self.stream(run_id, stream, lambda c: c["delta"].get("content"), start)
-        raise ValueError(f"unknown op {op!r}")
-
-    def stream(
-        self,
-        run_id: str,
-        stream: Any,
-        text_of: Callable[[dict[str, Any]], str | None],
-        start: float,
-    ) -> dict[str, Any]:
-        """Relay a llama-cpp-python stream in coalesced chunks; stop at once on cancel."""
-        parts: list[str] = []
-        pending: list[str] = []
-        tokens = 0
-        first_at: float | None = None
-        flushed_at = time.perf_counter()
-        finish: str | None = None
-        for chunk in stream:
-            if run_id in self.canceled:
-                finish = "canceled"
-                stream.close()
-                break
-            choice = chunk["choices"][0]
-            finish = choice.get("finish_reason") or finish
-            text = text_of(choice)
-            if not text:
-                continue
-            tokens += 1
-            now = time.perf_counter()
-            first_at = first_at or now
-            parts.append(text)
-            pending.append(text)
-            if tokens == 1 or now - flushed_at >= CHUNK_EVERY_S:  # the first token at once
-                emit("chunk", id=run_id, text="".join(pending))
-                pending.clear()
-                flushed_at = now
-        if pending:
-            emit("chunk", id=run_id, text="".join(pending))
-        end = time.perf_counter()
-        prompt_tokens = max(int(getattr(self.llm, "n_tokens", 0)) - tokens, 0)
-        rate = tokens / (end - first_at) if first_at is not None and end > first_at else None
-        return {
-            "text": "".join(parts),
-            "finish_reason": finish or "stop",
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": tokens,
-                "total_tokens": prompt_tokens + tokens,
-            },
-            "timings": {
-                "ttft_s": None if first_at is None else first_at - start,
-                "total_s": end - start,
-                "tokens_per_s": rate,
-            },
-        }
+    def one(self, msg: dict[str, Any]) -> None:
+        run_id = str(msg.get("id"))
+        try:
+            if msg.get("op") != "embed":
+                raise ValueError(f"an embedding model does not run {msg.get('op')!r}")
+            result = self.embed(msg.get("payload") or {})
+        except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            emit("error", id=run_id, code="inference_failed", message=message)
+        else:
+            emit("done", id=run_id, result=result)
+        self.requests.canceled.discard(run_id)
 
     def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One vector per input, L2-normalised (like OpenAI's embeddings). The inputs go to
@@ -166,24 +125,57 @@ def _unit(vector: list[float]) -> list[float]:
     return [x / norm for x in vector]
 
 
-# Chat formats for model families whose GGUF carries no chat template.
-FALLBACK_CHAT_FORMATS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "qwen2": "chatml"}
-
-
-def _chat_format(summary: GGUFSummary) -> str | None:
-    """None (use the GGUF's own template) unless the file has none and its family is known."""
-    if summary.has_chat_template:
-        return None
-    return FALLBACK_CHAT_FORMATS.get(summary.architecture or "")
-
-
-def _pooling(llama_cpp: Any, summary: GGUFSummary, mode: str) -> int:
+def _pooling(llama_cpp: Any, summary: GGUFSummary) -> int:
     """How an embedding context pools: the model's own way (CLS, last token, ...) when it names
     one, else the mean over the input's tokens. llama.cpp then returns one vector per sequence,
     so many inputs share a batch (per-token vectors of several inputs cannot be told apart)."""
-    if mode == "embed" and summary.pooling_type in (None, llama_cpp.LLAMA_POOLING_TYPE_NONE):
+    if summary.pooling_type in (None, llama_cpp.LLAMA_POOLING_TYPE_NONE):
         return int(llama_cpp.LLAMA_POOLING_TYPE_MEAN)
     return int(llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
+
+
+def _embedder(path: str, settings: dict[str, Any], threads: int, summary: GGUFSummary) -> Any:
+    import llama_cpp
+
+    gpu_layers = int(settings["gpu_layers"])
+    split = {"none": 0, "layer": 1, "row": 2}[settings["split_mode"]]
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=int(settings["n_ctx"]),
+        n_threads=threads,
+        n_gpu_layers=gpu_layers,
+        split_mode=split,
+        main_gpu=int(settings["main_gpu"]),
+        tensor_split=settings["tensor_split"],
+        flash_attn=bool(settings["flash_attn"]),
+        type_k=getattr(llama_cpp, f"GGML_TYPE_{settings['cache_type_k'].upper()}"),
+        type_v=getattr(llama_cpp, f"GGML_TYPE_{settings['cache_type_v'].upper()}"),
+        embedding=True,
+        pooling_type=_pooling(llama_cpp, summary),
+        verbose=False,
+    )
+    facts = {
+        "n_ctx": int(llm.n_ctx()),
+        "n_ctx_total": int(llm.n_ctx()),
+        "parallel": 1,
+        "threads": int(llama_cpp.llama_n_threads(llm.ctx)),
+        "n_batch": int(llm.n_batch),
+    }
+    return llm, facts
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent's --settings (JSON, settings.effective's keys) over the single flags."""
+    from bitinglip_agent.settings import DEFAULTS
+
+    settings: dict[str, Any] = {
+        **DEFAULTS,
+        "n_ctx": args.n_ctx,
+        "threads": args.threads,
+        "gpu_layers": args.gpu_layers,
+    }
+    settings.update(json.loads(args.settings) if args.settings else {})
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,30 +185,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--gpu-layers", type=int, default=-1)
+    parser.add_argument("--settings", default=None, help="JSON: the model's run settings")
     args = parser.parse_args(argv)
+    settings = _settings(args)
+    threads = int(settings["threads"]) or (os.cpu_count() or 1)
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError as exc:
         emit("error", code="missing_capability", message=f"llama_cpp is not installed: {exc}")
         return 3
     start = time.perf_counter()
     summary = check_gguf(args.model)
+    requests = Requests()
     try:
-        llm = llama_cpp.Llama(
-            model_path=args.model,
-            n_ctx=args.n_ctx,
-            n_threads=args.threads or (os.cpu_count() or 1),
-            n_gpu_layers=args.gpu_layers,
-            embedding=args.mode == "embed",
-            chat_format=_chat_format(summary),
-            pooling_type=_pooling(llama_cpp, summary, args.mode),
-            verbose=False,
-        )
-    except (ValueError, RuntimeError) as exc:
+        if args.mode == "embed":
+            llm, facts = _embedder(args.model, settings, threads, summary)
+            server: Any = Embedder(llm, requests)
+        else:
+            from bitinglip_agent.batch import Batcher
+            from bitinglip_agent.engine import Engine
+            from bitinglip_agent.prompts import Prompter
+
+            engine = Engine(args.model, settings, threads)
+            prompter = Prompter(engine, settings["chat_format"], summary.architecture)
+            facts = {**engine.facts(), "chat_format": prompter.chat_format}
+            server = Batcher(engine, prompter, requests.queue, requests.canceled, emit)
+    except (ValueError, RuntimeError, KeyError) as exc:
         emit("error", code="inference_failed", message=f"cannot load {args.model}: {exc}")
         return 4
-    emit("ready", load_s=time.perf_counter() - start, n_ctx=args.n_ctx)
-    Child(llm, args.mode).serve()
+    effective = {
+        **settings,
+        **facts,
+        "threads": facts["threads"],
+        "gpu_layers": settings["gpu_layers"],
+    }
+    emit("ready", load_s=time.perf_counter() - start, pid=os.getpid(), settings=effective, **facts)
+    requests.start()
+    server.serve()
     return 0
 
 
