@@ -218,7 +218,10 @@ class Agent:
             self.end_batch()
 
     def end_batch(self) -> None:
-        """Acknowledge the runs read since the last batch, then flush (the reading thread)."""
+        """Acknowledge the runs read since the last batch, then flush (the reading thread). The
+        model runs among them go to their runners together."""
+        if self._runners is not None:
+            self._runners.deliver()
         self._batching = True
         if self._acks:
             runs, self._acks = self._acks, []
@@ -258,6 +261,8 @@ class Agent:
                 if self.wfile is not None:  # nobody to tell while detached
                     snapshot = sampler.snapshot()
                     snapshot["models_loaded"] = self.loaded_models()
+                    snapshot["loaded"] = self._loaded_details(snapshot.get("gpus") or [])
+                    snapshot["model_loads"] = self._runners.model_loads if self._runners else 0
                     self.send("telemetry", snapshot=snapshot)
                 next_at += interval
                 if self._nudge.wait(max(next_at - time.monotonic(), 0.0)):
@@ -265,6 +270,13 @@ class Agent:
                     next_at = time.monotonic()
         finally:
             sampler.close()
+
+    def _loaded_details(self, gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from bitinglip_agent import telemetry
+
+        if self._runners is None:
+            return []
+        return telemetry.with_memory(self._runners.describe(), gpus)
 
     def handle_line(self, line: bytes) -> None:
         try:
@@ -290,10 +302,21 @@ class Agent:
         self._stop.set()
 
     def _on_configure(self, msg: dict[str, Any]) -> None:
-        """Secrets (the HF token) arrive here, over the channel: kept in memory, never logged."""
-        secrets = msg.get("secrets") or {}
-        self._secrets = {str(k): str(v) for k, v in secrets.items()}
-        self.send("result", msg.get("id"), result={"configured": sorted(self._secrets)})
+        """Secrets (the HF token) arrive here, over the channel: kept in memory, never logged.
+        The host's limits (max_loaded_models, memory_budget_bytes) too. A configure without
+        one of them keeps what the last one said."""
+        if "secrets" in msg or "limits" not in msg:
+            secrets = msg.get("secrets") or {}
+            self._secrets = {str(k): str(v) for k, v in secrets.items()}
+        result: dict[str, Any] = {"configured": sorted(self._secrets)}
+        if isinstance(msg.get("limits"), dict):
+            runners = self.runners()
+            runners.configure(msg["limits"])
+            result["limits"] = {
+                "max_loaded_models": runners.max_loaded_models,
+                "memory_budget_bytes": runners.memory_budget_bytes,
+            }
+        self.send("result", msg.get("id"), result=result)
 
     def secret(self, name: str) -> str | None:
         return self._secrets.get(name)

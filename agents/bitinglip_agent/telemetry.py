@@ -207,6 +207,25 @@ class _Gpus:
         return [{"pid": pid, "memory_bytes": by_pid[pid]} for pid in sorted(by_pid)]
 
 
+def with_memory(loaded: list[dict[str, Any]], gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each loaded model's entry (its child's `pid` taken out) with the child's resident memory
+    (`rss_bytes`, from /proc) and GPU memory (`gpu_memory_bytes`, NVML's per-process figures
+    in this snapshot's `gpus`; None without them)."""
+    from bitinglip_agent.child import rss_bytes
+
+    for entry in loaded:
+        pid = entry.pop("pid")
+        entry["rss_bytes"] = rss_bytes(pid)
+        used = [
+            proc["memory_bytes"]
+            for gpu in gpus
+            for proc in gpu.get("processes") or []
+            if proc.get("pid") == pid and proc.get("memory_bytes") is not None
+        ]
+        entry["gpu_memory_bytes"] = sum(used) if used else None
+    return loaded
+
+
 def _importable(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
