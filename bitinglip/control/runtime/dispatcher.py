@@ -87,6 +87,9 @@ class Dispatcher:
         now = time.monotonic()
         busy = self.inbox.handle(queue)
         plans: dict[str, HostPlan] = {}
+        if self.inbox.copies_changed:
+            self.placement.copies_changed()
+            self.inbox.copies_changed = False
         if self.accepting:
             plans = self.placement.plan(queue, self.agents, self.watch.heartbeat_ok, now)
         for agent in self.hosts.in_turn():

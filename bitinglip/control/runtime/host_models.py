@@ -73,7 +73,10 @@ class HostModels:
         return None
 
 
-def read(store: Store, profile: Profile, host: HostConfig, hello: dict[str, Any]) -> HostModels:
+def read(
+    store: Store, profile: Profile, host: HostConfig, hello: dict[str, Any], local_dir: str
+) -> HostModels:
+    """The host's models now (`local_dir`: where PyPI-packaged aliases are assembled)."""
     rows = store.conn.execute(
         'SELECT m.id, m.repo, m."commit", m.file, h.path FROM host_models h'
         " JOIN models m ON m.id = h.model_id WHERE h.host = ? AND h.state = 'ready'",
@@ -91,8 +94,22 @@ def read(store: Store, profile: Profile, host: HostConfig, hello: dict[str, Any]
         files=frozenset(str(f) for f in hello.get("models", []) or []),
         model_dir=None if model_dir is None else str(model_dir),
         pypi=pypi if host.kind == "local" else frozenset(),
-        local_dir=str(aliases.models_dir(profile)),
+        local_dir=local_dir,
     )
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one telemetry snapshot says for placement: loaded files and free memory."""
+
+    loaded: frozenset[str]  # paths its agent says are loaded
+    mem_free: int | None  # the largest GPU's free memory, else free RAM
+    gpu_free: int | None  # the largest GPU's free memory (None: no GPU)
+
+    @classmethod
+    def of(cls, host: str, telemetry: dict[str, Any] | None) -> Seen:
+        mem, gpu = _memory(host, telemetry)
+        return cls(loaded_paths(telemetry), mem, gpu)
 
 
 @dataclass
@@ -101,35 +118,41 @@ class Host:
 
     config: HostConfig
     models: HostModels
-    loaded: frozenset[str]  # paths its agent says are loaded
+    seen: Seen
     running: Counter[str]  # model -> runs in flight there
     free_slots: int  # model-kind slots free
-    mem_free: int | None  # telemetry: the largest GPU's free memory, else free RAM
-    gpu_free: int | None  # telemetry: the largest GPU's free memory (None: no GPU)
 
     @classmethod
     def of(
-        cls, config: HostConfig, session: AgentSession, models: HostModels, running: Counter[str]
+        cls,
+        config: HostConfig,
+        session: AgentSession,
+        models: HostModels,
+        seen: Seen,
+        running: Counter[str],
     ) -> Host:
         heavy = sum(1 for f in session.inflight.values() if f.kind in MODEL_KINDS)
-        mem, gpu = _memory(config.name, session.telemetry)
-        return cls(
-            config=config,
-            models=models,
-            loaded=loaded_paths(session.telemetry),
-            running=running,
-            free_slots=max(config.max_concurrency - heavy, 0),
-            mem_free=mem,
-            gpu_free=gpu,
-        )
+        return cls(config, models, seen, running, max(config.max_concurrency - heavy, 0))
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def loaded(self) -> frozenset[str]:
+        return self.seen.loaded
+
+    @property
+    def mem_free(self) -> int | None:
+        return self.seen.mem_free
+
+    @property
+    def gpu_free(self) -> int | None:
+        return self.seen.gpu_free
+
     def is_loaded(self, model: str) -> bool:
         path = self.models.path(model)
-        return path is not None and path in self.loaded
+        return path is not None and path in self.seen.loaded
 
     def serves(self, model: str) -> bool:
         """Loaded there, or work for it running there."""

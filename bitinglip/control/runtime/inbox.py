@@ -38,6 +38,7 @@ class Inbox:
         self.wake = wake
         self.messages: collections.deque[Incoming] = collections.deque()
         self.results: list[tuple[int, int, object]] = []
+        self.copies_changed = False  # a pull or removal ended: hosts' models to read again
 
     def receive(self, incoming: Incoming) -> None:
         """From any thread."""
@@ -124,12 +125,14 @@ class Inbox:
             self.results.append((run.task_id, run.token, msg.get("result")))
             if run.kind in PULL_KINDS:
                 pulls.pulled(queue.store, session.host, run.task_id, msg.get("result"))
+                self.copies_changed = True
         elif kind == "error":
             del session.inflight[str(msg["id"])]
             flush_one(queue, run)
             self._failed(queue, run, msg)
             if run.kind in PULL_KINDS:
                 pulls.pull_failed(queue.store, session.host, run.task_id, msg)
+                self.copies_changed = True
 
     def _failed(self, queue: TaskQueue, run: Inflight, msg: dict[str, object]) -> None:
         code = str(msg.get("code", "error"))

@@ -49,13 +49,13 @@ from typing import Any
 
 from bitinglip_agent.protocol import MODEL_KINDS, TERMINAL, TaskState
 
-from bitinglip.config import Profile
-from bitinglip.control.models import pulls, registry
+from bitinglip.config import HostConfig, Profile
+from bitinglip.control.models import aliases, pulls, registry
 from bitinglip.control.queue import waiting
 from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.control.runtime import host_models
 from bitinglip.control.runtime.host_agents import HostAgent
-from bitinglip.control.runtime.host_models import Home, Host, HostModels
+from bitinglip.control.runtime.host_models import Home, Host, HostModels, Seen
 from bitinglip.control.runtime.model_sizes import ModelSizes
 from bitinglip.control.runtime.replicas import Replicas
 from bitinglip.errors import BitinglipError
@@ -67,6 +67,7 @@ LOST_AFTER_S = 5.0  # a host not ready this long is lost: its models are placed 
 ATTACH_GRACE_S = 10.0  # homes wait this long at most for every host to attach once
 HOME_IDLE_S = 10.0  # a home with no work and the model not loaded is forgotten after this
 WAIT_TICK_S = 0.5  # while something waits on placement, the dispatcher looks again this often
+COPIES_TTL_S = 1.0  # a host's ready copies are read again after this (sooner after a pull)
 
 
 @dataclass
@@ -98,6 +99,9 @@ class Placement:
         self._written: dict[tuple[str, str | None, str | None], tuple[str | None, int, int]] = {}
         self.sizes = ModelSizes(profile)
         self.replicas = Replicas(profile)
+        self._local_dir = str(aliases.models_dir(profile))
+        self._models: dict[str, tuple[dict[str, Any], float, HostModels]] = {}
+        self._telemetry: dict[str, tuple[dict[str, Any] | None, Seen]] = {}
 
     # -- the step --------------------------------------------------------------------------
 
@@ -186,9 +190,36 @@ class Placement:
             sent = self.sent.setdefault(name, {})
             for run_id in [r for r in sent if r not in session.inflight]:
                 del sent[run_id]
-            models = host_models.read(queue.store, self.profile, agent.host, session.hello)
-            hosts[name] = Host.of(agent.host, session, models, Counter(sent.values()))
+            hosts[name] = Host.of(
+                agent.host,
+                session,
+                self._models_of(queue, agent.host, session.hello, now),
+                self._seen_of(name, session.telemetry),
+                Counter(sent.values()),
+            )
         return hosts
+
+    def _models_of(
+        self, queue: TaskQueue, host: HostConfig, hello: dict[str, Any], now: float
+    ) -> HostModels:
+        """The host's models, read again after COPIES_TTL_S, a new hello, or `copies_changed`."""
+        kept = self._models.get(host.name)
+        if kept is not None and kept[0] is hello and now < kept[1]:
+            return kept[2]
+        models = host_models.read(queue.store, self.profile, host, hello, self._local_dir)
+        self._models[host.name] = (hello, now + COPIES_TTL_S, models)
+        return models
+
+    def copies_changed(self) -> None:
+        """A pull or a removal ended: every host's models are read again."""
+        self._models.clear()
+
+    def _seen_of(self, host: str, telemetry: dict[str, Any] | None) -> Seen:
+        """What the host's latest telemetry says, worked out once per snapshot."""
+        kept = self._telemetry.get(host)
+        if kept is None or kept[0] is not telemetry:
+            kept = self._telemetry[host] = (telemetry, Seen.of(host, telemetry))
+        return kept[1]
 
     def _lost(self, now: float) -> None:
         """Homes on hosts not ready for LOST_AFTER_S are dropped (placed again elsewhere)."""
