@@ -48,6 +48,7 @@ from bitinglip.tui.views.gpus import GpusView
 from bitinglip.tui.views.host_screen import HostScreen
 from bitinglip.tui.views.hosts import HostsView
 from bitinglip.tui.views.jobs import JobsView
+from bitinglip.tui.views.loaded import LoadedView
 from bitinglip.tui.views.logs import LogsView
 from bitinglip.tui.views.models import ModelsView
 from bitinglip.tui.views.pulls import PullsView
@@ -62,7 +63,10 @@ VIEW_TYPES: tuple[type[View], ...] = (
     ModelsView,
     PullsView,
     LogsView,
+    LoadedView,
 )
+# The Loaded view's keys, until the profile's [keys] has them (`config_sections.DEFAULT_KEYS`).
+SERVING_KEYS = {"ps": "8", "load": "l", "unload": "o"}
 ALIASES = {
     "host": "hosts",
     "fleet": "hosts",
@@ -72,6 +76,7 @@ ALIASES = {
     "model": "models",
     "pull": "pulls",
     "log": "logs",
+    "loaded": "ps",
 }
 GLOBAL_ACTIONS = {  # [keys] action -> (the app's action, footer text)
     "command": ("command", "command"),
@@ -125,7 +130,8 @@ class ConsoleApp(App[int]):
         super().__init__()
         self.now = now  # the clock views use for ages ("3s ago"); snapshot tests fix it
         self.backend = backend
-        self.keys = {action: key_name(key) for action, key in backend.profile.keys.items()}
+        keys = SERVING_KEYS | dict(backend.profile.keys)
+        self.keys = {action: key_name(key) for action, key in keys.items()}
         self.readonly = backend.readonly
         self.start_view = start
         self.tick_s = tick_s

@@ -26,7 +26,9 @@ from bitinglip.control import ControlPlane
 from bitinglip.tui.context import Context
 
 # Actions that change state: they ask first (where destructive) and are hidden when read-only.
-MUTATING = frozenset({"cancel", "retry", "priority", "submit", "batch", "pull", "remove"})
+MUTATING = frozenset(
+    {"cancel", "retry", "priority", "submit", "batch", "pull", "remove", "load", "unload"}
+)
 
 
 class View(Vertical):

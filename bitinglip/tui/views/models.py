@@ -38,6 +38,7 @@ from bitinglip.tui.views.model_rows import (
 from bitinglip.tui.views.model_search import SearchScreen
 
 COLUMNS = ("model", "repo@commit", "file", "quant", "size")
+READY_STATES = ("ready", "loaded")
 
 
 class ModelsView(View):
@@ -196,13 +197,16 @@ class ModelsView(View):
 
 
 def summary(data: ModelsData, shown: int) -> str:
-    registered = sum(1 for r in data.rows if r.model_id is not None)
-    aliases = sum(1 for r in data.rows if r.model_id is None and not r.copies)
-    copies = sum(len(r.copies) for r in data.rows if r.model_id is not None)
+    """Every row counts, registered model or alias, the way `bitinglip models ls` lists them:
+    ready (a copy ready or loaded somewhere: the demo model after its first use), not pulled
+    (no copy anywhere); then the copies and the hosts."""
+    ready = sum(1 for r in data.rows if any(c.state in READY_STATES for c in r.copies.values()))
+    unpulled = sum(1 for r in data.rows if not r.copies)
+    copies = sum(len(r.copies) for r in data.rows)
     hosts = ", ".join(data.hosts) or "no hosts"
     line = (
-        f"{plural(registered, 'registered model')}, {plural(copies, 'copy', 'copies')} on "
-        f"{hosts}; {plural(aliases, 'alias', 'aliases')} not pulled yet"
+        f"{plural(len(data.rows), 'model')}: {ready} ready, {unpulled} not pulled; "
+        f"{plural(copies, 'copy', 'copies')} on {hosts}"
     )
     if shown != len(data.rows):
         line += f"; {shown} shown"

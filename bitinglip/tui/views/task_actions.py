@@ -105,12 +105,10 @@ class TaskActions:
         if reason is not None:
             raise InputError(reason)
         alias = backend.profile.models.get(spec.model or "")
-        if alias is None:
-            return
-        if alias.source.startswith("hf:"):
-            placed = await backend.call(_place_alias, alias.name)
+        if alias is None or alias.source.startswith("hf:"):  # a hub alias, a registered model
+            placed = await backend.call(_place_alias, spec.model or "")
             if placed is not None:
-                self.owner.notify(f"{alias.name}: pulling {placed} first", markup=False)
+                self.owner.notify(f"{spec.model}: pulling {placed} first", markup=False)
         elif any(h.kind == "local" for h in backend.profile.hosts):
             if not (models_dir(backend.profile) / f"{alias.name}.gguf").is_file():
                 self.owner.notify(f"{alias.name}: assembling the model here first", markup=False)
@@ -154,8 +152,9 @@ def _cannot_run(plane: ControlPlane, kind: str) -> str | None:
 
 
 def _place_alias(plane: ControlPlane, name: str) -> str | None:
-    """The host a hub alias is being pulled to, or None when some host has it already."""
-    placed = plane.models.place_alias(name)
+    """The host a hub alias or registered model is being pulled to, or None when some host
+    has it already (or it is a path, or a PyPI alias)."""
+    placed = plane.models.place(name)
     return None if placed is None else f"{placed[0].name} to {placed[1][0].host}"
 
 
@@ -168,15 +167,8 @@ def _submit_job(plane: ControlPlane, path: Path) -> Job:
 
 
 def _choices(plane: ControlPlane) -> tuple[list[str], list[str]]:
-    """Models to offer: the profile's aliases, then registered models with a ready copy on a
-    local host (by path); hosts: the profile's."""
+    """Models to offer: the profile's aliases, then every registered model without one (by
+    `owner/repo:FILE`: pulled where it fits first when no host has it); hosts: the profile's."""
     models = list(plane.profile.models)
-    local = {h.name for h in plane.profile.hosts if h.kind == "local"}
-    for model in plane.models.rows():
-        if model["alias"] is not None:
-            continue
-        for host, copy in model["hosts"].items():
-            if host in local and copy["state"] == "ready" and copy["path"]:
-                models.append(copy["path"])
-                break
+    models += [f"{m['repo']}:{m['file']}" for m in plane.models.rows() if m["alias"] is None]
     return models, [h.name for h in plane.profile.hosts]
