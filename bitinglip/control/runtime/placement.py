@@ -67,6 +67,7 @@ LOST_AFTER_S = 5.0  # a host not ready this long is lost: its models are placed 
 ATTACH_GRACE_S = 10.0  # homes wait this long at most for every host to attach once
 HOME_IDLE_S = 10.0  # a home with no work and the model not loaded is forgotten after this
 WAIT_TICK_S = 0.5  # while something waits on placement, the dispatcher looks again this often
+NOTHING_RUNNING: Counter[str] = Counter()  # read only: a host with no model runs in flight
 COPIES_TTL_S = 1.0  # a host's ready copies are read again after this (sooner after a pull)
 
 
@@ -92,6 +93,7 @@ class Placement:
         self.due_at = math.inf
         self._started = time.monotonic()
         self._seen: set[str] = set()  # hosts attached (or failed to) at least once
+        self._settled_yet = False
         self._down: dict[str, float] = {}  # host -> since when it is not ready
         self._demand: Counter[str] = Counter()
         self._groups: list[waiting.Demand] = []
@@ -118,6 +120,10 @@ class Placement:
             return {n: HostPlan(h.models, None, h.gpu_free) for n, h in hosts.items()}
         self._lost(now)
         self._groups = waiting.demand(queue.store, MODEL_KINDS, queue.clock())
+        if not self._groups and not self._placed() and not self.replicas.wanted:
+            self._demand, self._reasons = Counter(), {}  # nothing to place: claims skip models
+            self.due_at = math.inf if not self._down and self._settled(now) else now + WAIT_TICK_S
+            return {n: HostPlan(h.models, frozenset(), h.gpu_free) for n, h in hosts.items()}
         self._demand = Counter()
         for group in self._groups:
             self._demand[group.model] += group.queued
@@ -138,6 +144,10 @@ class Placement:
         if self.replicas.wanted:
             self.due_at = min(self.due_at, self.replicas.due_at)
         return {n: HostPlan(h.models, frozenset(claim[n]), h.gpu_free) for n, h in hosts.items()}
+
+    def _placed(self) -> bool:
+        """Whether any model has a home (homes of models with no work are kept a while)."""
+        return any(self.homes.values())
 
     def sent_runs(self, host: str, runs: Iterable[tuple[str, str | None]]) -> None:
         """Runs sent to `host` (run id, model): counted as running there while in flight."""
@@ -195,7 +205,7 @@ class Placement:
                 session,
                 self._models_of(queue, agent.host, session.hello, now),
                 self._seen_of(name, session.telemetry),
-                Counter(sent.values()),
+                Counter(sent.values()) if sent else NOTHING_RUNNING,
             )
         return hosts
 
@@ -230,8 +240,10 @@ class Placement:
                 log.warning("host %s lost: model %s is placed elsewhere", name, model)
 
     def _settled(self, now: float) -> bool:
-        every = {a.name for a in self.profile.hosts}
-        return every <= self._seen or now - self._started >= ATTACH_GRACE_S
+        if not self._settled_yet:
+            every = {a.name for a in self.profile.hosts}
+            self._settled_yet = every <= self._seen or now - self._started >= ATTACH_GRACE_S
+        return self._settled_yet
 
     # -- one group of a model's tasks ------------------------------------------------------
 

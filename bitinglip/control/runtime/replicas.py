@@ -35,10 +35,7 @@ class Replicas:
         self.profile = profile
         self.due_at = 0.0  # monotonic
         self._loads: dict[tuple[str, str], float] = {}  # (model, host) -> when a load was sent
-
-    @property
-    def wanted(self) -> bool:
-        return any(a.min_replicas > 0 for a in self.profile.models.values())
+        self.wanted = any(a.min_replicas > 0 for a in profile.models.values())
 
     def keep(
         self, placement: Placement, queue: TaskQueue, hosts: dict[str, Host], now: float
