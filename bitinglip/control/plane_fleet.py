@@ -158,7 +158,7 @@ class LoadedModel:
     @property
     def idle_words(self) -> str:
         """`42s`, or `busy` while it has work."""
-        return "busy" if self.idle_s is None else age(self.idle_s)
+        return "busy" if self.idle_s is None else span(self.idle_s)
 
     @property
     def unload_words(self) -> str:
@@ -167,9 +167,9 @@ class LoadedModel:
         if keep is not None and keep < 0:
             return "never"
         if self.unloads_in_s is not None:
-            return f"in {age(self.unloads_in_s)}"
+            return f"in {span(self.unloads_in_s)}"
         if self.idle_s is None and keep is not None:
-            return "when idle" if keep == 0 else f"idle +{age(keep)}"
+            return "when idle" if keep == 0 else f"idle +{span(keep)}"
         return "-"
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,6 +300,16 @@ def _gpus(entry: Mapping[str, Any], snapshot: Mapping[str, Any], settings: dict[
     if isinstance(split, list) and split:
         return ",".join(str(i) for i, share in zip(indices, split, strict=False) if share)
     return ",".join(str(i) for i in indices)
+
+
+def span(seconds: float) -> str:
+    """`42s`, `4m05s` under an hour (a keep-alive counts down by the second), then `2h`, `3d`."""
+    whole = int(max(seconds, 0.0))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return age(whole)
 
 
 def _number(value: Any) -> float | None:

@@ -56,7 +56,7 @@ def cells(model: LoadedModel) -> tuple[str, ...]:
 
 
 def detail(model: LoadedModel) -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in sorted(model.settings.items()))
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(model.settings.items()) if v is not None)
     mode = f" ({model.mode})" if model.mode else ""
     return f"{model.name} on {model.host}{mode}: {model.path}" + (
         f" · {settings}" if settings else ""
