@@ -344,3 +344,28 @@ def test_load_ps_and_unload_as_processes(proc: Proc, up: Up) -> None:
     assert nothing.returncode == 0 and "is not loaded on any host" in nothing.stderr
     kinds = [t["kind"] for t in proc.json("tasks", "ls")]
     assert kinds.count("load") == 2 and kinds.count("unload") == 1
+
+
+@needs_model
+def test_run_a_registered_model_by_its_short_name(proc: Proc, demo_model: Path) -> None:
+    """A registered model without an alias, its copy ready on the local host: `run` takes its
+    short name, the task stores its canonical name and the request's keep-alive."""
+    proc.ok("status")  # creates the database
+    store = open_store(proc.data_dir / "state.db")
+    try:
+        data = demo_model.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        file = HubFile("org/demo-270m-GGUF", "e" * 40, "demo-270m-Q4_K_M.gguf", len(data),
+                       sha256, "Q4_K_M", "")  # fmt: skip
+        model_id = registry.register(store, file)
+        registry.set_host_state(store, "local", model_id, "ready", path=str(demo_model))
+    finally:
+        store.close()
+    done = proc.ok(
+        "run", "demo-270m:q4_k_m", "One, two,", "--max-tokens", "4", "--temperature", "0",
+        "--keep-alive", "0", timeout=180,
+    )  # fmt: skip
+    assert done.stdout.strip()
+    [task] = proc.json("tasks", "ls")
+    assert task["model"] == "org/demo-270m-GGUF:demo-270m-Q4_K_M.gguf"
+    assert task["state"] == "succeeded" and task["payload"]["keep_alive_s"] == 0
