@@ -134,7 +134,8 @@ def test_a_model_no_host_has_is_pulled_once_and_then_answers(
 
         def ask(n: int) -> str | None:
             answer = api.chat.completions.create(model=SHORT, messages=MESSAGES, **GREEDY)
-            return answer.choices[0].message.content
+            content: str | None = answer.choices[0].message.content
+            return content
 
         with ThreadPoolExecutor(3) as pool:  # three requests at once: one pull
             answers = list(pool.map(ask, range(3)))
