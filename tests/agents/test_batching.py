@@ -129,3 +129,19 @@ def test_a_cancelled_sequence_frees_its_slot_at_once(agent: ModelAgent) -> None:
     assert done.error is None, done.error
     assert agent.runs[second].ended_at is None, "the third ran beside the second"
     assert agent.ok(second, timeout=300)["usage"]["completion_tokens"] == 80
+
+
+def test_chats_are_batched_with_their_templates_stop(agent: ModelAgent) -> None:
+    """Chat requests share the batch with completions; each ends at its template's end of
+    turn (or its length), none runs into the next turn."""
+    chats = [
+        {"messages": [{"role": "user", "content": c}], "max_tokens": 24, "temperature": 0}
+        for c in ("Name a colour.", "Say hello.", "What is 2 + 2?")
+    ]
+    ids = agent.burst("chat", chats, settings=BATCHED)
+    ids += agent.burst("generate", [agent.generate("Water boils at", 6)], settings=BATCHED)
+    for run in agent.ended(*ids, timeout=300):
+        assert run.error is None, run.error
+        assert run.result["text"] == run.text and run.result["usage"]["prompt_tokens"] > 0
+        assert "<start_of_turn>" not in run.text and "<end_of_turn>" not in run.text
+        assert run.result["finish_reason"] in ("stop", "length")
