@@ -77,6 +77,8 @@ class Runners:
         with self._lock:
             incoming, self._incoming = self._incoming, {}
         for runner, requests in incoming.items():
+            if not runner.alive:  # stopped since (an `unload` message): a fresh one serves them
+                runner = self._runner(runner.path, runner.mode, runner.keep_alive_s)
             runner.put(*requests)
 
     def load(self, msg_id: str, model: dict[str, Any]) -> None:
