@@ -145,3 +145,21 @@ def test_chats_are_batched_with_their_templates_stop(agent: ModelAgent) -> None:
         assert run.result["text"] == run.text and run.result["usage"]["prompt_tokens"] > 0
         assert "<start_of_turn>" not in run.text and "<end_of_turn>" not in run.text
         assert run.result["finish_reason"] in ("stop", "length")
+
+
+def test_a_sequence_ends_at_its_own_context(agent: ModelAgent) -> None:
+    """Each sequence has n_ctx tokens: a prompt over it fails alone, a long generation ends
+    there as `length` while its neighbour goes on."""
+    small = {**BATCHED, "n_ctx": 128, "parallel": 2}
+    agent.ok(agent.task("load", settings=small))
+    n_ctx = agent.loaded()[0]["settings"]["n_ctx"]
+    too_long = agent.generate("one two three four " * n_ctx, 4)
+    short = agent.generate("Once upon a time", n_ctx * 2, temperature=1.0, seed=3)
+    over, capped = (agent.burst("generate", [p], settings=small)[0] for p in (too_long, short))
+    (failed,) = agent.ended(over)
+    assert failed.error is not None and "exceed context window" in failed.error["message"]
+    result = agent.ok(capped, timeout=300)
+    usage = result["usage"]
+    if result["finish_reason"] == "length":
+        assert usage["total_tokens"] == n_ctx + 1  # the last token sampled, never decoded
+    assert usage["total_tokens"] <= n_ctx + 1
