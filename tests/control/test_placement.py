@@ -199,3 +199,24 @@ def test_the_host_s_limits_reach_its_agent(
             "two loads in h1's telemetry",
         )
         assert loaded(plane) == {"h1": {"green"}}
+
+
+def test_a_load_with_no_host_goes_where_placement_puts_its_model(
+    tmp_path: Path, demo_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `load` names no host: a model loaded somewhere is loaded there ("already"); another
+    model goes to a host with fewer models."""
+    for name, value in INFER_ENV.items():
+        monkeypatch.setenv(name, value)
+    profile = fleet(tmp_path, demo_model)
+    with open_control_plane(profile) as plane, plane.embedded():
+        first = plane.wait(
+            plane.submit(TaskSpec(kind="generate", model="red", payload=PAYLOAD)), 120
+        )
+        assert first.state == "succeeded", first.error
+        wait_for(lambda: "red" in loaded(plane).get(str(first.ran_on), set()), 30, "red loaded")
+        again = plane.wait(plane.submit(TaskSpec(kind="load", model="red")), 120)
+        other = plane.wait(plane.submit(TaskSpec(kind="load", model="green")), 120)
+    assert again.state == "succeeded" and other.state == "succeeded", (again.error, other.error)
+    assert again.ran_on == first.ran_on and again.result["already"] is True
+    assert other.ran_on != first.ran_on

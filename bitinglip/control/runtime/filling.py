@@ -4,7 +4,7 @@
 A host's kinds fall into four groups, each with slots of its own: light kinds (echo, many at a
 time), pulls (a few downloads beside inference), loads and unloads (a few beside inference) and
 the rest, the model kinds (the host's max_concurrency). Claims honour a task's host and labels.
-Model tasks are claimed only for the models the step's placement gives the host
+Model tasks and loads are claimed only for the models the step's placement gives the host
 (`placement.HostPlan.claim`; in rotation, any model the host has: `host_models`). A run's
 `model` carries the file's path there, the model's llama.cpp settings from the profile
 (`models.settings.run_settings`, `gpu_layers = "auto"` against the host's free GPU memory) and
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, PULL_KINDS, SERVE_KINDS
+from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, PULL_KINDS, SERVE_KINDS, TaskKind
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.models import aliases as models
@@ -26,7 +26,7 @@ from bitinglip.control.models.gguf_meta import GGUFMeta, read_local
 from bitinglip.control.models.settings import keep_alive_s, run_settings
 from bitinglip.control.queue.tasks import Claim, TaskQueue
 from bitinglip.control.runtime.host_agents import HostAgent
-from bitinglip.control.runtime.placement import HostPlan, Placement
+from bitinglip.control.runtime.placement import PLACED_KINDS, HostPlan, Placement
 from bitinglip.control.transport.sessions import AgentSession
 from bitinglip.errors import BitinglipError
 
@@ -52,7 +52,7 @@ class Filler:
         runs: list[tuple[int, int, str, dict[str, Any]]] = []
         models: dict[str, str | None] = {}
         for kinds, free in free_slots(session, host):
-            placed = plan.claim is not None and kinds[0] in MODEL_KINDS
+            placed = plan.claim is not None and kinds[0] in PLACED_KINDS
             wanted = plan.claim if placed else have
             if placed and not wanted:
                 continue  # placement gives it no model this step
@@ -133,6 +133,10 @@ def free_slots(session: AgentSession, host: HostConfig) -> list[tuple[list[str],
     light = [k for k in kinds if k in LIGHT_KINDS]
     pulls = [k for k in kinds if k in PULL_KINDS]
     serve = [k for k in kinds if k in SERVE_KINDS and any(m in kinds for m in MODEL_KINDS)]
+    # Loads are placed (a load with no host goes where placement puts its model), unloads go
+    # wherever the model is: two claims, each within the group's free slots.
+    loads = [k for k in serve if k == TaskKind.LOAD]
+    unloads = [k for k in serve if k != TaskKind.LOAD]
     heavy = [k for k in kinds if k not in (*LIGHT_KINDS, *PULL_KINDS, *SERVE_KINDS)]
     in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
     in_pull = sum(1 for f in session.inflight.values() if f.kind in PULL_KINDS)
@@ -141,7 +145,8 @@ def free_slots(session: AgentSession, host: HostConfig) -> list[tuple[list[str],
     groups = (
         (light, LIGHT_SLOTS - in_light),
         (pulls, PULL_SLOTS - in_pull),
-        (serve, SERVE_SLOTS - in_serve),
+        (loads, SERVE_SLOTS - in_serve),
+        (unloads, SERVE_SLOTS - in_serve),
         (heavy, host.max_concurrency - in_heavy),
     )
     return [(group, free) for group, free in groups if group and free > 0]

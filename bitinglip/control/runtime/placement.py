@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bitinglip_agent.protocol import MODEL_KINDS, TERMINAL, TaskState
+from bitinglip_agent.protocol import MODEL_KINDS, TERMINAL, TaskKind, TaskState
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.models import aliases, pulls, registry
@@ -67,6 +67,8 @@ LOST_AFTER_S = 5.0  # a host not ready this long is lost: its models are placed 
 ATTACH_GRACE_S = 10.0  # homes wait this long at most for every host to attach once
 HOME_IDLE_S = 10.0  # a home with no work and the model not loaded is forgotten after this
 WAIT_TICK_S = 0.5  # while something waits on placement, the dispatcher looks again this often
+# What placement places: model work, and loads (a load with no host goes where its model would).
+PLACED_KINDS = (*MODEL_KINDS, TaskKind.LOAD)
 NOTHING_RUNNING: Counter[str] = Counter()  # read only: a host with no model runs in flight
 COPIES_TTL_S = 1.0  # a host's ready copies are read again after this (sooner after a pull)
 
@@ -119,7 +121,7 @@ class Placement:
         if self.rotation:
             return {n: HostPlan(h.models, None, h.gpu_free) for n, h in hosts.items()}
         self._lost(now)
-        self._groups = waiting.demand(queue.store, MODEL_KINDS, queue.clock())
+        self._groups = waiting.demand(queue.store, PLACED_KINDS, queue.clock())
         if not self._groups and not self._placed() and not self.replicas.wanted:
             self._demand, self._reasons = Counter(), {}  # nothing to place: claims skip models
             self.due_at = math.inf if not self._down and self._settled(now) else now + WAIT_TICK_S
