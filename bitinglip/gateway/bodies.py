@@ -304,7 +304,8 @@ def _keep_alive(body: dict[str, Any]) -> dict[str, float]:
 def _check_keys(body: dict[str, Any], known: Collection[str]) -> None:
     unknown = sorted(set(body) - set(known))
     if unknown:
-        raise bad_request(f"unrecognized or unsupported argument: {unknown[0]}", param=unknown[0])
+        key = unknown[0] if unknown[0].isprintable() else json.dumps(unknown[0])  # one line
+        raise bad_request(f"unrecognized or unsupported argument: {key}", param=unknown[0])
 
 
 def _only(body: dict[str, Any], key: str, allowed: tuple[Any, ...], message: str) -> None:
