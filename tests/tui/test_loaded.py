@@ -153,3 +153,31 @@ async def test_load_then_unload_from_the_view(
         done = await until(c, acted(c, "unload"), "the unload to end", timeout=60)
         assert done.ok and done.detail == f"unload {MODEL} from local: done", done.detail
         await until(c, lambda: names(c) == [], "no loaded row", timeout=15)
+
+
+async def test_a_queued_tasks_wait_reason_shows_on_its_screen(console: Any) -> None:
+    """Placement's word for why a queued model task waits (`queue.waiting.set_reasons`, as the
+    control loop writes it) is under the task's head, until it runs."""
+    from bitinglip.control.queue.tasks import TaskSpec
+    from bitinglip.control.queue.waiting import set_reasons
+    from bitinglip.tui.messages import OpenTask
+    from bitinglip.tui.views.task_detail import TaskScreen
+
+    why = "fits nowhere: needs 9.1 GiB, largest free 7.8 GiB"
+
+    def queue_one(plane: ControlPlane) -> int:
+        spec = TaskSpec(kind="generate", model=MODEL, payload={"prompt": "x"}, host="local")
+        task_id = plane.submit(spec)
+        set_reasons(plane.store, [(why, MODEL, "local", None)])
+        return task_id
+
+    async with console(control=False, start="tasks") as c:
+        task_id = await c.backend.call(queue_one)
+        c.app.post_message(OpenTask(task_id))
+        await until(c, lambda: isinstance(c.app.screen, TaskScreen), "the task screen")
+        head = await until(
+            c,
+            lambda: why in (text := str(c.app.screen.query_one("#task-head").render())) and text,
+            "the reason",
+        )
+        assert "queued" in head

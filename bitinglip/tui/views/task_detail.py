@@ -175,6 +175,9 @@ def head(task: Task, now: float) -> Text:
     if task.job_id is not None:
         text.append(f" · job {task.job_id} line {task.line_no}")
     text.append("\n" + when(task, now))
+    reason = getattr(task, "wait_reason", None)
+    if reason and task.state.value == "queued":  # placement's word: why it is not running yet
+        text.append(f"\n{reason}", style="yellow")
     if task.cancel_requested and task.state.value == "running":
         text.append("\ncancel requested", style="yellow")
     if task.error:
