@@ -369,3 +369,13 @@ def test_run_a_registered_model_by_its_short_name(proc: Proc, demo_model: Path) 
     [task] = proc.json("tasks", "ls")
     assert task["model"] == "org/demo-270m-GGUF:demo-270m-Q4_K_M.gguf"
     assert task["state"] == "succeeded" and task["payload"]["keep_alive_s"] == 0
+
+
+def test_unload_of_a_model_loaded_nowhere_says_so(cli: Cli) -> None:
+    done = cli("models", "unload", MODEL, "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout) == {"model": MODEL, "hosts": []}
+    assert stderr_lines(done.stderr) == [
+        f"bitinglip: {MODEL} is not loaded on any host; nothing to unload"
+    ]
+    assert set(cli.counts().values()) == {0}  # nothing queued
