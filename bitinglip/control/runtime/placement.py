@@ -1,8 +1,8 @@
 """Placement: which host takes each model's queued work (`[serving] placement = "model"`).
 
 Once per dispatcher step, before any host claims, placement turns the queued demand for each
-model (`queue.waiting.demand`: counts per model, host pin and labels, one indexed query) into the
-set of models each host may claim this step; the claim stays one indexed query per host
+model (`queue.waiting.demand`: model work and loads, counted per model, host pin and labels, one
+indexed query) into the set of models each host may claim this step; the claim stays one indexed query per host
 (`TaskQueue.claim(models=...)`). A model has *homes*: the hosts that serve it. For a model with
 no home that can take a group of its tasks (within their host and labels), a home is chosen, in
 this order of preference:
