@@ -11,6 +11,7 @@ carries, and what the agent's telemetry says is loaded.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from bitinglip_agent.protocol import MODEL_KINDS
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.models import aliases, fit
+from bitinglip.control.queue.waiting import Demand
 from bitinglip.control.store.db import Store
 from bitinglip.control.transport.sessions import AgentSession
 
@@ -65,8 +67,8 @@ class HostModels:
         if self.host.kind == "local":
             if model in self.pypi:
                 return os.path.join(self.local_dir, f"{model}.gguf")
-            if model.endswith(".gguf") and os.path.isfile(os.path.expanduser(model)):
-                return os.path.realpath(os.path.expanduser(model))
+            if model.endswith(".gguf"):  # a path: the agent checks it (missing or not a GGUF
+                return os.path.realpath(os.path.expanduser(model))  # fails the task at once)
             return None
         if model in self.files and self.model_dir is not None:
             return f"{self.model_dir}/{model}.gguf"
@@ -157,6 +159,15 @@ class Host:
     def serves(self, model: str) -> bool:
         """Loaded there, or work for it running there."""
         return self.running[model] > 0 or self.is_loaded(model)
+
+    def admits(self, group: Demand) -> bool:
+        """The host may run the group's tasks: their host pin and labels."""
+        if group.host is not None and group.host != self.name:
+            return False
+        if not group.labels:
+            return True
+        wanted: dict[str, str] = json.loads(group.labels)
+        return all(self.config.labels.get(k) == v for k, v in wanted.items())
 
 
 def loaded_paths(telemetry: dict[str, Any] | None) -> frozenset[str]:
