@@ -31,6 +31,7 @@ DEFAULT_KEYS: dict[str, str] = {
     "models": "5",
     "pulls": "6",
     "logs": "7",
+    "ps": "8",
     "submit": "n",
     "batch": "b",
     "cancel": "c",
@@ -42,6 +43,8 @@ DEFAULT_KEYS: dict[str, str] = {
     "fit": "t",
     "pull": "u",
     "remove": "d",
+    "load": "l",
+    "unload": "o",
 }
 _KEY_NAME = re.compile(r"[a-z0-9_]+(\+[a-z0-9_]+)*")
 

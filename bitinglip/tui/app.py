@@ -65,8 +65,6 @@ VIEW_TYPES: tuple[type[View], ...] = (
     LogsView,
     LoadedView,
 )
-# The Loaded view's keys, until the profile's [keys] has them (`config_sections.DEFAULT_KEYS`).
-SERVING_KEYS = {"ps": "8", "load": "l", "unload": "o"}
 ALIASES = {
     "host": "hosts",
     "fleet": "hosts",
@@ -130,8 +128,7 @@ class ConsoleApp(App[int]):
         super().__init__()
         self.now = now  # the clock views use for ages ("3s ago"); snapshot tests fix it
         self.backend = backend
-        keys = SERVING_KEYS | dict(backend.profile.keys)
-        self.keys = {action: key_name(key) for action, key in keys.items()}
+        self.keys = {action: key_name(key) for action, key in backend.profile.keys.items()}
         self.readonly = backend.readonly
         self.start_view = start
         self.tick_s = tick_s
