@@ -2,10 +2,10 @@
 
 Once per dispatcher step, before any host claims, placement turns the queued demand for each
 model (`queue.waiting.demand`: model work and loads, counted per model, host pin and labels, one
-indexed query) into the set of models each host may claim this step; the claim stays one indexed query per host
-(`TaskQueue.claim(models=...)`). A model has *homes*: the hosts that serve it. For a model with
-no home that can take a group of its tasks (within their host and labels), a home is chosen, in
-this order of preference:
+indexed query) into the set of models each host may claim this step; the claim stays one indexed
+query per host (`TaskQueue.claim(models=...)`). A model has *homes*: the hosts that serve it.
+For a model with no home that can take a group of its tasks (within their host and labels), a
+home is chosen, in this order of preference:
 
 1. a host where the model is loaded (the agent's telemetry);
 2. a host with a ready copy and room to load it: fewer than its `max_loaded_models` models with
@@ -32,13 +32,12 @@ its host) while the model is not loaded there; a lost home is replaced by the sa
 largest free 7.8 GiB`), written after the step's claims, in one transaction, and only where a
 group's reason changed or it has new tasks.
 
-`placement = "rotation"` is the model-blind behaviour kept for comparison: every host claims any
-model it has, hosts in turn.
+`placement = "rotation"`, model-blind (hosts in turn claim any model they have), is kept for
+comparison. Pulls placement starts: pulling.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -47,18 +46,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bitinglip_agent.protocol import MODEL_KINDS, TERMINAL, TaskKind, TaskState
+from bitinglip_agent.protocol import MODEL_KINDS, TaskKind
 
 from bitinglip.config import HostConfig, Profile
-from bitinglip.control.models import aliases, pulls, registry
+from bitinglip.control.models import aliases, registry
 from bitinglip.control.queue import waiting
 from bitinglip.control.queue.tasks import TaskQueue
-from bitinglip.control.runtime import host_models
+from bitinglip.control.runtime import host_models, pulling
 from bitinglip.control.runtime.host_agents import HostAgent
 from bitinglip.control.runtime.host_models import Home, Host, HostModels, Seen
 from bitinglip.control.runtime.model_sizes import ModelSizes
 from bitinglip.control.runtime.replicas import Replicas
-from bitinglip.errors import BitinglipError
 
 log = logging.getLogger("bitinglip.control.runtime.dispatcher")
 
@@ -262,12 +260,12 @@ class Placement:
         for host in hosts.values():  # where it is loaded already, it is at home
             if host.name not in homes and host.is_loaded(model):
                 homes[host.name] = Home(now)
-        eligible = [h for h in hosts.values() if _admits(h, group)]
+        eligible = [h for h in hosts.values() if h.admits(group)]
         serving = [h for h in eligible if h.name in homes and h.models.has(model)]
         if not serving:
-            pulling = [h for h in eligible if h.name in homes and homes[h.name].pulling]
-            if pulling:
-                self._reasons[group.key] = self._pulling(queue, model, pulling[0])
+            in_pull = [h for h in eligible if h.name in homes and homes[h.name].pulling]
+            if in_pull:
+                self._reasons[group.key] = self._pulling(queue, model, in_pull[0])
                 return
             chosen, why = self.choose(queue, model, eligible, now)
             if chosen is None:
@@ -323,7 +321,7 @@ class Placement:
         largest, full = -1, []
         for host in eligible:
             has = host.models.has(model)
-            if not has and not _pullable(row, host.name):
+            if not has and not pulling.pullable(row, host.name):
                 continue
             avail = self._available(host, model)
             if need is not None and avail is not None and need > avail:
@@ -335,8 +333,8 @@ class Placement:
                 full.append(host.name)
                 continue
             evicts = placed >= cap
-            pulling = _copy_state(row, host.name) == registry.PULLING
-            first = (not host.is_loaded(model), not has, not pulling, evicts)
+            in_pull = pulling.copy_state(row, host.name) == registry.PULLING
+            first = (not host.is_loaded(model), not has, not in_pull, evicts)
             options.append(((*first, busy, placed, -(avail or 0), host.name), host))
         if options:
             return min(options, key=lambda o: o[0])[1], ""
@@ -357,7 +355,9 @@ class Placement:
             for m in placed
             if self._demand[m] or host.running[m] or self.homes[m][host.name].replica
         )
-        return busy, max(len(placed), len(host.loaded - _path_set(host, [model])))
+        return busy, max(
+            len(placed), len(host.loaded - frozenset(filter(None, [host.models.path(model)])))
+        )
 
     def _available(self, host: Host, model: str) -> int | None:
         """Memory a new model may use on `host`: its budget less what its busy models need,
@@ -375,32 +375,17 @@ class Placement:
     # -- pulls -----------------------------------------------------------------------------
 
     def pull(self, queue: TaskQueue, model: str, host: Host, now: float) -> str:
-        row = self.sizes.row(queue.store, model)
-        assert row is not None  # _choose offers a host without a copy only for a registered one
-        try:
-            [ticket] = pulls.plan(queue, registry.hub_file(row), [host.config])
-        except BitinglipError as exc:
-            return f"waiting: cannot pull to {host.name}: {exc}"
-        self.homes[model][host.name] = Home(now, pulling=ticket.task_id)
-        self.sizes.forget(model)
-        log.info("model %s: pulling to %s (task %s)", model, host.name, ticket.task_id)
-        return f"waiting: pulling to {host.name}"
+        ticket, reason = pulling.start(queue, self.sizes, model, host.config)
+        if ticket is not None:
+            self.homes[model][host.name] = Home(now, pulling=ticket)
+        return reason
 
     def _pulling(self, queue: TaskQueue, model: str, host: Host) -> str:
-        home = self.homes[model][host.name]
-        row = queue.store.conn.execute(
-            "SELECT state, progress, error FROM tasks WHERE id = ?", (home.pulling,)
-        ).fetchone()
-        if row is None or TaskState(row[0]) in TERMINAL:  # it ended without a copy: again
+        ended, reason = pulling.status(queue, self.homes[model][host.name].pulling, host.name)
+        if ended:  # it ended without a copy: placed again
             del self.homes[model][host.name]
             self.sizes.forget(model)
-            error = "" if row is None or row[2] is None else f": {row[2]}"
-            return f"waiting: the pull to {host.name} ended{error}"
-        progress = json.loads(row[1]) if row[1] else None
-        if isinstance(progress, dict) and progress.get("total"):
-            share = int(progress.get("bytes", 0)) * 100 // max(int(progress["total"]), 1)
-            return f"waiting: pulling to {host.name} ({share}%)"
-        return f"waiting: pulling to {host.name}"
+        return reason
 
     def _forget_idle(self, hosts: dict[str, Host], now: float) -> None:
         for model, homes in self.homes.items():
@@ -413,31 +398,3 @@ class Placement:
                 if host is not None and host.serves(model):
                     continue
                 del homes[name]
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def _admits(host: Host, group: waiting.Demand) -> bool:
-    """The host may run the group's tasks: their host pin and labels."""
-    if group.host is not None and group.host != host.name:
-        return False
-    if not group.labels:
-        return True
-    wanted: dict[str, str] = json.loads(group.labels)
-    have = host.config.labels
-    return all(have.get(k) == v for k, v in wanted.items())
-
-
-def _pullable(row: dict[str, Any] | None, host: str) -> bool:
-    """A registered model whose copy on `host` did not give up (failed, quarantined)."""
-    return row is not None and _copy_state(row, host) in (None, registry.PULLING, registry.READY)
-
-
-def _copy_state(row: dict[str, Any] | None, host: str) -> str | None:
-    copy = None if row is None else row["hosts"].get(host)
-    return None if copy is None else str(copy["state"])
-
-
-def _path_set(host: Host, models: Iterable[str]) -> frozenset[str]:
-    return frozenset(p for m in models if (p := host.models.path(m)) is not None)
