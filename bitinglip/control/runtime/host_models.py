@@ -67,8 +67,11 @@ class HostModels:
         if self.host.kind == "local":
             if model in self.pypi:
                 return os.path.join(self.local_dir, f"{model}.gguf")
-            if model.endswith(".gguf"):  # a path: the agent checks it (missing or not a GGUF
-                return os.path.realpath(os.path.expanduser(model))  # fails the task at once)
+            path = os.path.expanduser(model)
+            # A path (a file, or an absolute path that may have gone: the agent's check fails
+            # its task at once); a registered `owner/repo:FILE.gguf` is neither.
+            if model.endswith(".gguf") and (os.path.isabs(path) or os.path.isfile(path)):
+                return os.path.realpath(path)
             return None
         if model in self.files and self.model_dir is not None:
             return f"{self.model_dir}/{model}.gguf"
