@@ -149,7 +149,10 @@ def _placement(
     max_tokens: int,
 ) -> dict[str, Any]:
     hosts = tuple(HostConfig(name=h, kind="local") for h in HOSTS)
-    aliases = {n: replace(base, name=n) for n in NAMES}
+    # The three agents share this machine's cores (llama.cpp's threads spin: more threads than
+    # cores would measure the oversubscription, not the placement).
+    threads = max(1, (os.cpu_count() or 1) // len(HOSTS))
+    aliases = {n: replace(base, name=n, threads=threads) for n in NAMES}
     serving = replace(profile.serving, placement=mode)
     bodies = [
         {"model": NAMES[m], "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens}
@@ -158,7 +161,7 @@ def _placement(
     with _fleet(profile, path, hosts, aliases, serving) as (plane, port):
         load = _drive(port, bodies, clients)
         loads = _model_loads(plane, since=time.time())
-    return load.summary() | {"model_loads": loads}
+    return load.summary() | {"model_loads": loads, "threads_per_host": threads}
 
 
 def _single(
