@@ -331,15 +331,22 @@ def _wait_listening(
             log.seek(0)
             tail = log.read().decode(errors="replace")[-400:]
             raise RuntimeError(f"llama_cpp.server exited {proc.returncode}: {tail}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v1/models")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
+        if _answers(port):
+            return
         time.sleep(0.25)
     raise RuntimeError(f"llama_cpp.server did not answer on port {port} within {timeout:g} s")
+
+
+def _answers(port: int) -> bool:
+    """GET /v1/models answers 200 (False while nothing listens there yet)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/v1/models")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def _free_port() -> int:
