@@ -9,10 +9,7 @@ from typing import Annotated
 import typer
 
 from bitinglip.cli.common import age, emit_json, note, plane_of, table
-from bitinglip.control import LoadedModel, LoadedReport
-from bitinglip.readable import human_size
-
-HEADERS = ["host", "model", "gpu", "gpu mem", "rss", "run", "queue", "idle", "unloads", "ctx"]
+from bitinglip.control import LOADED_COLUMNS, LoadedReport
 
 
 def ps(
@@ -32,28 +29,12 @@ def ps(
     for host, seconds in sorted(report.stale.items()):
         note(f"bitinglip: host {host} last reported {age(seconds)} ago; not shown")
     if report.models:
-        table(HEADERS, [cells(m) for m in report.models])
+        table(list(LOADED_COLUMNS), [list(m.cells()) for m in report.models])
     elif holder is not None and holder.alive:
         note("bitinglip: no model is loaded; `bitinglip models load MODEL` loads one")
     if report.replicas:
         typer.echo("")
         table(["model", "desired", "ready", "hosts"], replica_rows(report))
-
-
-def cells(model: LoadedModel) -> list[str]:
-    n_ctx = model.settings.get("n_ctx")
-    return [
-        model.host,
-        model.name,
-        model.gpus or "-",
-        human_size(model.gpu_memory_bytes),
-        human_size(model.rss_bytes),
-        str(model.running),
-        str(model.queued),
-        model.idle_words,
-        model.unload_words,
-        str(n_ctx) if n_ctx is not None else "-",
-    ]
 
 
 def replica_rows(report: LoadedReport) -> list[list[str]]:

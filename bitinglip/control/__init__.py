@@ -50,6 +50,7 @@ from bitinglip.control.models.registry import hub_file as hub_file_of_row
 from bitinglip.control.models.settings import parse_duration
 from bitinglip.control.plane import ControlPlane, open_control_plane, use_hub_token
 from bitinglip.control.plane_fleet import (
+    LOADED_COLUMNS,
     FleetDesk,
     LoadedModel,
     LoadedReport,
@@ -99,6 +100,7 @@ __all__ = [
     "GIB",
     "HOST_ROW",
     "KINDS",
+    "LOADED_COLUMNS",
     "NO_PYNVML",
     "PULL_KINDS",
     "SERVE_KINDS",

@@ -20,7 +20,7 @@ from bitinglip.control.fleet import views as host_views
 from bitinglip.control.fleet.telemetry_views import FleetReader, FleetTelemetry
 from bitinglip.control.models import aliases, registry
 from bitinglip.control.store.db import Store
-from bitinglip.readable import age
+from bitinglip.readable import age, human_size
 
 if TYPE_CHECKING:
     from bitinglip.control.fleet.checks import CheckReport, HostKey
@@ -172,8 +172,38 @@ class LoadedModel:
             return "when idle" if keep == 0 else f"idle +{span(keep)}"
         return "-"
 
+    def cells(self) -> tuple[str, ...]:
+        """Its row as `bitinglip ps` and the console's Loaded view show it (`LOADED_COLUMNS`)."""
+        n_ctx = self.settings.get("n_ctx")
+        return (
+            self.host,
+            self.name,
+            self.gpus or "-",
+            human_size(self.gpu_memory_bytes),
+            human_size(self.rss_bytes),
+            str(self.running),
+            str(self.queued),
+            self.idle_words,
+            self.unload_words,
+            "-" if n_ctx is None else str(n_ctx),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+LOADED_COLUMNS = (
+    "host",
+    "model",
+    "gpu",
+    "gpu mem",
+    "rss",
+    "run",
+    "queue",
+    "idle",
+    "unloads",
+    "ctx",
+)
 
 
 @dataclass(frozen=True)

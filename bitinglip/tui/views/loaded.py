@@ -19,6 +19,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
 from bitinglip.control import (
+    LOADED_COLUMNS,
     TERMINAL,
     ControlPlane,
     LoadedModel,
@@ -28,31 +29,14 @@ from bitinglip.control import (
     TaskState,
 )
 from bitinglip.errors import BitinglipError
-from bitinglip.readable import error_line, human_size
+from bitinglip.readable import error_line
 from bitinglip.tui.context import Context
 from bitinglip.tui.forms import ValueForm, confirm
 from bitinglip.tui.messages import Reported
 from bitinglip.tui.views.base import View
 from bitinglip.tui.views.model_rows import keep
 
-COLUMNS = ("host", "model", "gpu", "gpu mem", "rss", "run", "queue", "idle", "unloads", "ctx")
 POLL_S = 0.25  # how often a load or unload the view started is looked at until it ends
-
-
-def cells(model: LoadedModel) -> tuple[str, ...]:
-    n_ctx = model.settings.get("n_ctx")
-    return (
-        model.host,
-        model.name,
-        model.gpus or "-",
-        human_size(model.gpu_memory_bytes),
-        human_size(model.rss_bytes),
-        str(model.running),
-        str(model.queued),
-        model.idle_words,
-        model.unload_words,
-        "-" if n_ctx is None else str(n_ctx),
-    )
 
 
 def detail(model: LoadedModel) -> str:
@@ -100,7 +84,7 @@ class LoadedView(View):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.query_one("#ps-table", DataTable).add_columns(*COLUMNS)
+        self.query_one("#ps-table", DataTable).add_columns(*LOADED_COLUMNS)
 
     def fetch(self, plane: ControlPlane) -> LoadedReport:
         return plane.fleet.loaded(now=self.context.now())
@@ -108,7 +92,7 @@ class LoadedView(View):
     def show(self, data: Any) -> None:
         assert isinstance(data, LoadedReport)
         rows = [m for m in data.models if keep(self.filter_text, _text(m), _tags(m))]
-        painted = tuple(cells(m) for m in rows)
+        painted = tuple(m.cells() for m in rows)
         if painted != self._painted:
             self._paint(rows)
             self._painted = painted
@@ -120,7 +104,7 @@ class LoadedView(View):
         selected = self.selected
         table.clear()
         for model in rows:
-            table.add_row(*cells(model), key=f"{model.host}\n{model.path}")
+            table.add_row(*model.cells(), key=f"{model.host}\n{model.path}")
         self.shown = rows
         keys = [(m.host, m.path) for m in rows]
         if selected is not None and (selected.host, selected.path) in keys:
