@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.config import DURATION_FIX, ModelAlias, Profile, duration_seconds
+from bitinglip.config_serving import MODEL_RUNTIME_KEYS
 from bitinglip.control.models.fit import Device, Fit, Need, estimate, plan
 from bitinglip.control.models.gguf_header import GGUFHeader, file_reads, read_header
 from bitinglip.control.models.gguf_meta import GGUFMeta
@@ -47,16 +48,12 @@ KV_TYPE_BYTES: dict[str, float] = {
     "q5_1": 24 / 32,
 }
 _F16 = KV_TYPE_BYTES["f16"]  # what fit.estimate counts
-# The keys a run carries only when the profile sets them, in contract order.
-_OPTIONAL = (
-    "threads",
-    "flash_attn",
-    "cache_type_k",
-    "cache_type_v",
-    "split_mode",
-    "tensor_split",
-    "main_gpu",
-    "chat_format",
+# The keys a run carries only when the profile sets them: the runtime keys less those it always
+# carries (n_ctx, gpu_layers, parallel) and those that are not llama.cpp's (keep_alive, replicas).
+_OPTIONAL = tuple(
+    k
+    for k in MODEL_RUNTIME_KEYS
+    if k not in ("n_ctx", "gpu_layers", "parallel", "keep_alive", "min_replicas")
 )
 
 
