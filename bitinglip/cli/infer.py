@@ -26,6 +26,14 @@ KeepAlive = Annotated[
         "-1 for ever, 0 unload after this (default: the model's keep_alive in the profile).",
     ),
 ]
+Immediate = Annotated[
+    bool,
+    typer.Option(
+        "--immediate",
+        help="Fail at once when the model fits on no host or no host has it, instead of "
+        "waiting queued until one has room (like sbatch --immediate).",
+    ),
+]
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -41,9 +49,15 @@ def keep_alive_seconds(text: str | None) -> float | None:
 
 
 def _params(
-    max_tokens: int, temperature: float, seed: int | None, keep_alive: str | None = None
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    keep_alive: str | None = None,
+    immediate: bool = False,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if immediate:
+        params["immediate"] = True
     if seed is not None:
         params["seed"] = seed
     seconds = keep_alive_seconds(keep_alive)
@@ -115,9 +129,10 @@ def run(
     temperature: Temperature = 0.8,
     seed: Seed = None,
     keep_alive: KeepAlive = None,
+    immediate: Immediate = False,
 ) -> None:
     """Generate from a prompt and stream the tokens to stdout."""
-    params = _params(max_tokens, temperature, seed, keep_alive)
+    params = _params(max_tokens, temperature, seed, keep_alive, immediate)
     with plane_of(ctx) as plane:
         name = prepare(plane, model, "generate")
         payload = {"prompt": prompt, **params}
@@ -134,13 +149,14 @@ def chat(
     temperature: Temperature = 0.8,
     seed: Seed = None,
     keep_alive: KeepAlive = None,
+    immediate: Immediate = False,
 ) -> None:
     """An interactive chat: one line per turn; an empty line, /exit or Ctrl-D ends it."""
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
     interactive = sys.stdin.isatty()
-    params = _params(max_tokens, temperature, seed, keep_alive)
+    params = _params(max_tokens, temperature, seed, keep_alive, immediate)
     with plane_of(ctx) as plane:
         name = prepare(plane, model, "chat")
         with plane.embedded():

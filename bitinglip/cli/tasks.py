@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bitinglip.cli.common import age, emit_json, fail, note, parse_labels, plane_of, table
-from bitinglip.cli.infer import KeepAlive, keep_alive_seconds
+from bitinglip.cli.infer import Immediate, KeepAlive, keep_alive_seconds
 from bitinglip.control import KINDS, ControlPlane, Task, TaskSpec, TaskState, ensure_local
 
 app = typer.Typer(help="Tasks: the units of work in the queue.", no_args_is_help=True)
@@ -59,10 +59,13 @@ def submit(
         float | None, typer.Option(help="With --wait: give up after this many seconds (exit 1).")
     ] = None,
     keep_alive: KeepAlive = None,
+    immediate: Immediate = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue one task; print its id, or with --wait its result."""
     data = _payload(kind, payload, prompt)
+    if immediate:
+        data["immediate"] = True
     seconds = keep_alive_seconds(keep_alive)
     if seconds is not None:
         data["keep_alive_s"] = seconds

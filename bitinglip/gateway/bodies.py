@@ -26,6 +26,7 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 
 # Keys accepted and ignored (they change nothing a single model on a host could honour).
 _IGNORED = frozenset({"user", "metadata", "store", "service_tier"})
+_SERVING = frozenset({"keep_alive", "immediate"})  # BitingLip's own: how a model is served
 MAX_MODEL_NAME = 512  # a model id: an alias, a registered ref or short name
 
 INT32_MAX = 2**31 - 1  # llama.cpp's token counts are C ints
@@ -74,7 +75,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 
 def completion(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     """POST /v1/completions."""
-    known = {"model", "prompt", "echo", "suffix", "best_of", "logprobs", "keep_alive"}
+    known = {"model", "prompt", "echo", "suffix", "best_of", "logprobs", *_SERVING}
     known |= {*_SAMPLING, *_IGNORED}
     _check_keys(body, known)
     model = _model(body, models)
@@ -89,7 +90,7 @@ def completion(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     _only(body, "suffix", (None,), "suffix is not supported")
     _only(body, "best_of", (None, 1), "best_of must be 1")
     _only(body, "logprobs", (None, 0), "logprobs are not supported")
-    payload = {"prompt": prompt, **_sampling(body, "max_tokens"), **_keep_alive(body)}
+    payload = {"prompt": prompt, **_sampling(body, "max_tokens"), **_serving(body)}
     payload.setdefault("max_tokens", COMPLETIONS_MAX_TOKENS)
     return _request("completions", "generate", model, payload, body)
 
@@ -103,7 +104,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
         "logprobs",
         "top_logprobs",
         "response_format",
-        "keep_alive",
+        *_SERVING,
         *_SAMPLING,
         *_IGNORED,
     }
@@ -115,7 +116,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         raise bad_request('response_format must be {"type": "text"}', param="response_format")
-    params = _sampling(body, "max_tokens") | _keep_alive(body)
+    params = _sampling(body, "max_tokens") | _serving(body)
     limit = _int(body, "max_completion_tokens", low=1, high=INT32_MAX)
     if limit is not None:
         params["max_tokens"] = limit
@@ -124,7 +125,7 @@ def chat(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
 
 def embeddings(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     """POST /v1/embeddings."""
-    _check_keys(body, {"model", "input", "encoding_format", "dimensions", "keep_alive", *_IGNORED})
+    _check_keys(body, {"model", "input", "encoding_format", "dimensions", *_SERVING, *_IGNORED})
     model = _model(body, models)
     value = body.get("input")
     inputs = [value] if isinstance(value, str) else value
@@ -142,7 +143,7 @@ def embeddings(body: dict[str, Any], models: Collection[str]) -> ApiRequest:
     if fmt not in ("float", "base64"):
         raise bad_request('encoding_format must be "float" or "base64"', param="encoding_format")
     _only(body, "dimensions", (None,), "dimensions is not supported")
-    payload = {"input": value, **_keep_alive(body)}
+    payload = {"input": value, **_serving(body)}
     return ApiRequest("embeddings", "embed", model, payload, encoding_format=fmt)
 
 
@@ -280,6 +281,15 @@ def _model(body: dict[str, Any], models: Collection[str]) -> str:
             param="model",
         )
     return model
+
+
+def _serving(body: dict[str, Any]) -> dict[str, Any]:
+    """BitingLip's own serving fields: `keep_alive` (below) and `immediate` (true: fail at once,
+    503, when the model fits on no host, instead of waiting for room)."""
+    immediate = body.get("immediate")
+    if immediate is not None and not isinstance(immediate, bool):
+        raise bad_request(f"immediate must be true or false, not {_name(immediate)}", "immediate")
+    return _keep_alive(body) | ({"immediate": True} if immediate else {})
 
 
 def _keep_alive(body: dict[str, Any]) -> dict[str, float]:

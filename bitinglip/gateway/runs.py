@@ -192,10 +192,12 @@ def _failure(task: Task) -> ApiError:
     """The task's end as the client may see it (never its error text: that is the operator's)."""
     see = f"task {task.id}; the operator can see why with: bitinglip tasks show {task.id}"
     kind = task.error_kind
-    if task.state == TaskState.FAILED and kind not in _FLEET_ERRORS:
+    if task.state == TaskState.FAILED and kind not in (*_FLEET_ERRORS, "unplaceable"):
         cause = next((said for found, said in _CLIENT_CAUSES if found in (task.error or "")), "")
         why = f": {cause}" if cause else ""
         return ApiError(400, f"the task failed{why} ({see})", code=kind or "task_failed")
     if task.state == TaskState.CANCELED:
         return ApiError(503, f"the task was canceled ({see})", code="task_canceled")
+    if kind == "unplaceable":  # asked `immediate`: the model fits on no host now
+        return ApiError(503, f"the model fits on no host now ({see})", code=kind)
     return ApiError(502, f"the task {task.state} ({see})", code=kind or "task_dead")

@@ -1,6 +1,8 @@
 """How a running task ends when it does not succeed: a failure is retried after a backoff or
 ends the task (`failed` for its own error, `dead` once infrastructure failures spend its
-attempts); a cancel ends it `canceled`. Both run inside the caller's write transaction.
+attempts); a cancel ends it `canceled`; a queued task that asked not to wait (`immediate` in its
+payload) fails at once when placement finds its model fits nowhere. All run inside the caller's
+write transaction.
 """
 
 from __future__ import annotations
@@ -66,3 +68,29 @@ def end_canceled(conn: sqlite3.Connection, ids: list[int], now: float, detail: s
         detail=detail,
     )
     return TaskState.CANCELED
+
+
+def fail_immediate(
+    conn: sqlite3.Connection,
+    group: tuple[str, str | None, str | None],
+    now: float,
+    reason: str,
+) -> int:
+    """Fail the queued tasks of one placement group (model, host, labels) whose payload asks
+    not to wait (`"immediate": true`, the CLI's `--immediate`) with `reason`, error kind
+    `unplaceable`; returns how many."""
+    rows = conn.execute(
+        "SELECT id, attempt FROM tasks INDEXED BY tasks_queued_model WHERE state = 'queued'"
+        " AND model = ? AND host IS ? AND labels IS ? AND payload->>'immediate' = 1",
+        group,
+    ).fetchall()
+    transition(
+        conn,
+        [(i, Q, a) for i, a in rows],
+        TaskState.FAILED,
+        now,
+        "error = ?, error_kind = 'unplaceable', finished_at = ?, wait_reason = NULL",
+        (reason, now),
+        detail=f"unplaceable: {reason}",
+    )
+    return len(rows)

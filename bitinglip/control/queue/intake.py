@@ -45,6 +45,9 @@ class TaskSpec:
             raise InputError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.kind in (*MODEL_KINDS, *SERVE_KINDS) and not self.model:
             raise InputError(f"a {self.kind} task needs a model; pass --model NAME")
+        immediate = self.payload.get("immediate") if self.payload else None
+        if immediate is not None and not isinstance(immediate, bool):
+            raise InputError(f"payload immediate must be true or false, not {immediate!r}")
         keep_alive = self.payload.get("keep_alive_s") if self.payload else None
         if keep_alive is not None and (
             isinstance(keep_alive, bool)

@@ -21,7 +21,7 @@ from bitinglip.errors import StateError
 
 Q, R = TaskState.QUEUED, TaskState.RUNNING
 MOVES: frozenset[tuple[TaskState, TaskState]] = frozenset(
-    {(Q, R), (Q, TaskState.CANCELED)}
+    {(Q, R), (Q, TaskState.CANCELED), (Q, TaskState.FAILED)}  # failed queued: `immediate`
     | {(R, s) for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, Q)}
     | {(R, TaskState.CANCELED)}
     | {(s, Q) for s in (TaskState.FAILED, TaskState.DEAD, TaskState.CANCELED)}

@@ -9,9 +9,11 @@ clears its task's reason (`TaskQueue.claim`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bitinglip.control.queue.endings import fail_immediate
 from bitinglip.control.store.db import Store
 
 
@@ -43,17 +45,27 @@ def demand(store: Store, kinds: Iterable[str], now: float) -> list[Demand]:
     return [Demand(m, h, lab, int(n), int(newest)) for m, h, lab, n, newest in rows]
 
 
+# Reasons that no wait will change by itself (the model fits on no host, or no host has it and
+# it cannot be pulled): a task with `"immediate": true` in its payload fails with them at once.
+UNPLACEABLE = ("fits nowhere:", "waiting: no host has ")
 Reason = tuple[str | None, str, str | None, str | None]  # (reason or None, model, host, labels)
 
 
-def set_reasons(store: Store, reasons: Sequence[Reason]) -> None:
+def set_reasons(store: Store, reasons: Sequence[Reason], now: float | None = None) -> int:
     """Set (or clear, with None) the wait reason of each group's queued tasks, in one
-    transaction; rows that already say it are not written."""
+    transaction; rows that already say it are not written. Where the reason says the model
+    cannot be placed at all (`UNPLACEABLE`), the group's tasks that asked not to wait fail at
+    once (`endings.fail_immediate`); returns how many did."""
     if not reasons:
-        return
+        return 0
+    failed, now = 0, time.time() if now is None else now
     with store.write() as conn:
+        for reason, model, host, labels in reasons:
+            if reason is not None and reason.startswith(UNPLACEABLE):
+                failed += fail_immediate(conn, (model, host, labels), now, reason)
         conn.executemany(
             "UPDATE tasks SET wait_reason = ?1 WHERE state = 'queued' AND model = ?2"
             " AND host IS ?3 AND labels IS ?4 AND wait_reason IS NOT ?1",
             reasons,
         )
+    return failed

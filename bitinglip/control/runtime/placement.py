@@ -167,7 +167,7 @@ class Placement:
         live = {g.key for g in self._groups}
         for key in [k for k in self._written if k not in live]:
             del self._written[key]
-        waiting.set_reasons(queue.store, batch)
+        waiting.set_reasons(queue.store, batch, queue.clock())
 
     def _changed(self, group: waiting.Demand, reason: str | None) -> bool:
         """Whether the group's stored reason needs writing: it changed, or (a reason) the
