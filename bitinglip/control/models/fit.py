@@ -11,11 +11,16 @@ The arithmetic, all in bytes:
     weights      = Σ tensor bytes (elements / block elements × block bytes of its ggml type)
     layer[i]     = Σ bytes of the tensors named `blk.i.*`
     non-layer    = weights − Σ layer[i]   (token_embd, output, output_norm, rope tables, ...)
-    kv_layer[i]  = ctx × head_count_kv[i] × (head_dim_k + head_dim_v) × 2   (f16 K and V cache)
+    kv_layer[i]  = ctx × head_count_kv[i] × (head_dim_k × bytes_k + head_dim_v × bytes_v)
     head_dim_k   = key_length   or embedding_length / head_count
     head_dim_v   = value_length or embedding_length / head_count
+    bytes_k/v    = bytes per element of the K and V cache types (KV_TYPE_BYTES; f16: 2)
     kv           = Σ kv_layer[i]  = 2 × layers × ctx × head_count_kv × head_dim × 2 when uniform
     need         = weights + kv + margin
+
+A served model's ctx is its `n_ctx × parallel` (one cache holds every sequence) and its cache
+types are its profile's: `settings.model_need` is that estimate, the one placement
+(`runtime/model_sizes.py`), `gpu_layers = "auto"` and `models fit --margin-gib 0` share.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 from bitinglip.control.models.gguf_header import GGUFHeader, RangeRead, TensorInfo, read_header
 
 __all__ = [
+    "KV_TYPE_BYTES",
     "Device",
     "Fit",
     "GGUFHeader",
@@ -47,7 +53,19 @@ __all__ = [
 ]
 
 GIB = 1 << 30
-KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default f16 cache
+# Bytes per element of each KV cache type llama.cpp takes: a ggml block's bytes over its
+# elements. f16 is llama.cpp's default.
+KV_TYPE_BYTES: dict[str, float] = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "iq4_nl": 18 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+}
 _LAYER = re.compile(r"blk\.(\d+)\.")
 _INPUT_PREFIX = "token_embd"  # llama.cpp keeps the input embedding in host memory
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -145,11 +163,13 @@ class Verdict:
         }
 
 
-def estimate(header: GGUFHeader, file_size: int, ctx: int) -> Need:
-    """Weights, per-layer bytes and the f16 KV cache for `ctx` tokens:
-    kv = Σ_layers ctx × head_count_kv × (head_dim_k + head_dim_v) × 2 bytes, which is
-    2 × layers × ctx × head_count_kv × head_dim × 2 when K and V share head_dim (= key_length,
-    or embedding_length / head_count)."""
+def estimate(
+    header: GGUFHeader, file_size: int, ctx: int, *, cache_k: str = "f16", cache_v: str = "f16"
+) -> Need:
+    """Weights, per-layer bytes and the KV cache for `ctx` tokens in the cache types `cache_k`
+    and `cache_v` (KV_TYPE_BYTES): kv = Σ_layers ctx × head_count_kv × (head_dim_k × bytes_k +
+    head_dim_v × bytes_v), which is 2 × layers × ctx × head_count_kv × head_dim × 2 for an f16
+    cache when K and V share head_dim (= key_length, or embedding_length / head_count)."""
     notes: list[str] = []
     per_layer: dict[int, int] = {}
     input_bytes = output_bytes = 0
@@ -164,7 +184,7 @@ def estimate(header: GGUFHeader, file_size: int, ctx: int) -> Need:
             output_bytes += tensor.nbytes
     count = max(header.block_count or 0, max(per_layer, default=-1) + 1)
     layer_bytes = tuple(per_layer.get(i, 0) for i in range(count))
-    kv_layer = _kv_layers(header, count, ctx, notes)
+    kv_layer = _kv_layers(header, count, ctx, (cache_k, cache_v), notes)
     if header.context_length and ctx > header.context_length:
         notes.append(f"ctx {ctx} is past the model's trained context {header.context_length}")
     return Need(
@@ -182,7 +202,9 @@ def estimate(header: GGUFHeader, file_size: int, ctx: int) -> Need:
     )
 
 
-def _kv_layers(header: GGUFHeader, count: int, ctx: int, notes: list[str]) -> tuple[int, ...]:
+def _kv_layers(
+    header: GGUFHeader, count: int, ctx: int, types: tuple[str, str], notes: list[str]
+) -> tuple[int, ...]:
     heads = header.head_count
     if not heads:
         notes.append("no attention.head_count; KV cache counted as 0")
@@ -197,7 +219,8 @@ def _kv_layers(header: GGUFHeader, count: int, ctx: int, notes: list[str]) -> tu
         (header.head_count_kv or heads,) * count
     )
     kv_heads = [kv_heads[i] if i < len(kv_heads) else kv_heads[-1] for i in range(count)]
-    return tuple(ctx * h * (dim_k + dim_v) * KV_BYTES_PER_ELEMENT for h in kv_heads)
+    per_head = dim_k * KV_TYPE_BYTES[types[0]] + dim_v * KV_TYPE_BYTES[types[1]]
+    return tuple(int(ctx * h * per_head) for h in kv_heads)
 
 
 def plan(need: Need, devices: Iterable[Device], margin: int = GIB) -> list[Verdict]:
@@ -336,9 +359,13 @@ def needs_for_files(
     read_range: Callable[[str, int, int], bytes],
     ctx: int,
     workers: int = 8,
+    *,
+    cache_k: str = "f16",
+    cache_v: str = "f16",
 ) -> list[Need]:
-    """Read every file's header concurrently, then one Need per model: the parts of a split GGUF
-    (`name-00001-of-00003.gguf`, ...) are merged into one, sized by all their tensors."""
+    """Read every file's header concurrently, then one Need per model (its KV cache in the
+    given types): the parts of a split GGUF (`name-00001-of-00003.gguf`, ...) are merged into
+    one, sized by all their tensors."""
 
     def header(f: RemoteFile) -> GGUFHeader:
         return read_header(lambda s, n: read_range(f.url, s, n), f.size, name=f.name)
@@ -352,7 +379,8 @@ def needs_for_files(
     for parts in groups.values():
         first = parts[0][0]
         merged = merge_parts([h for _, h in parts])
-        need = estimate(merged, sum(f.size for f, _ in parts), ctx)
+        size = sum(f.size for f, _ in parts)
+        need = estimate(merged, size, ctx, cache_k=cache_k, cache_v=cache_v)
         file = first.name if len(parts) == 1 else _SPLIT.sub(".gguf", first.name)
         needs.append(replace(need, file=file, quant=first.quant or need.quant))
     return needs

@@ -9,9 +9,14 @@ other keys only when the profile sets them (a missing key is the agent's default
 `fit.plan`, the arithmetic of `bitinglip models fit`) against `free_bytes`, the free GPU memory
 the model may use: -1 (all layers) when the model fits, or when there is no GPU figure (a host
 without a GPU, where llama.cpp ignores the count) or nothing to estimate from; else as many
-layers as fit, 0 when none does. The estimate counts the KV cache of `n_ctx × parallel` tokens in
-the model's cache types. `meta` is the model file's `GGUFMeta` (its header is re-read when its
-`source` is a local file, for the per-layer sizes) or the `GGUFHeader` itself.
+layers as fit, 0 when none does. `meta` is the model file's `GGUFMeta` (its header is re-read
+when its `source` is a local file, for the per-layer sizes) or the `GGUFHeader` itself.
+
+`model_need(alias, meta)` is that estimate, the one memory estimate of a served model: its
+weights and the KV cache of `n_ctx × parallel` tokens in its cache types (`fit.estimate`).
+Placement sums `need.total(0)` per model (`runtime/model_sizes.py`, the header of a local file
+read once per path, size and mtime by `local_header`); `auto` and `models fit` add one margin
+per device.
 
 `keep_alive_s(profile, model)` is the model's `keep_alive`, else `[serving] keep_alive`, in
 seconds (-1 for ever, 0 unload after the request). `parse_duration` reads a request's keep-alive
@@ -21,33 +26,27 @@ seconds (-1 for ever, 0 unload after the request). `parse_duration` reads a requ
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from bitinglip.config import DURATION_FIX, ModelAlias, Profile, duration_seconds
 from bitinglip.config_serving import MODEL_RUNTIME_KEYS
-from bitinglip.control.models.fit import Device, Fit, Need, estimate, plan
+from bitinglip.control.models.fit import KV_TYPE_BYTES, Device, Fit, Need, estimate, plan
 from bitinglip.control.models.gguf_header import GGUFHeader, file_reads, read_header
 from bitinglip.control.models.gguf_meta import GGUFMeta
 from bitinglip.errors import InputError
 
-__all__ = ["KV_TYPE_BYTES", "auto_gpu_layers", "keep_alive_s", "parse_duration", "run_settings"]
+__all__ = [
+    "KV_TYPE_BYTES",
+    "auto_gpu_layers",
+    "keep_alive_s",
+    "local_header",
+    "model_need",
+    "parse_duration",
+    "run_settings",
+]
 
-# Bytes per element of each KV cache type: a ggml block's bytes over its elements.
-KV_TYPE_BYTES: dict[str, float] = {
-    "f32": 4.0,
-    "f16": 2.0,
-    "bf16": 2.0,
-    "q8_0": 34 / 32,
-    "q4_0": 18 / 32,
-    "q4_1": 20 / 32,
-    "iq4_nl": 18 / 32,
-    "q5_0": 22 / 32,
-    "q5_1": 24 / 32,
-}
-_F16 = KV_TYPE_BYTES["f16"]  # what fit.estimate counts
 # The keys a run carries only when the profile sets them: the runtime keys less those it always
 # carries (n_ctx, gpu_layers, parallel) and those that are not llama.cpp's (keep_alive, replicas).
 _OPTIONAL = tuple(
@@ -103,33 +102,35 @@ def auto_gpu_layers(
     otherwise, else the layers that fit (counted from the last, as llama.cpp offloads), or 0."""
     if free_bytes is None or meta is None:
         return -1
-    need = _need(meta, alias.n_ctx * alias.parallel)
-    if need is None:
-        return -1
-    need = _with_cache_types(need, alias.cache_type_k, alias.cache_type_v)
-    verdict = plan(need, [Device("", 0, "GPU", max(free_bytes, 0))])[0]
+    verdict = plan(model_need(alias, meta), [Device("", 0, "GPU", max(free_bytes, 0))])[0]
     return -1 if verdict.verdict is Fit.FITS else verdict.layers_on_gpu
 
 
 # -- the estimate ----------------------------------------------------------------------------
 
 
+def model_need(alias: ModelAlias, meta: GGUFMeta | GGUFHeader) -> Need:
+    """What `alias` takes loaded from the file `meta` describes: its weights and the KV cache
+    of `n_ctx × parallel` tokens in its cache types (f16 when unset, the agent's default), by
+    layer. From the header (a `GGUFHeader`, or a `GGUFMeta` of a readable local file), else
+    from the metadata alone (`_uniform_need`)."""
+    ctx = alias.n_ctx * alias.parallel
+    k, v = alias.cache_type_k or "f16", alias.cache_type_v or "f16"
+    if isinstance(meta, GGUFHeader):
+        return estimate(meta, meta.data_offset + meta.tensor_bytes, ctx, cache_k=k, cache_v=v)
+    header = _local_file_header(meta.source, meta.file_size)
+    if header is not None:
+        return estimate(header, meta.file_size, ctx, cache_k=k, cache_v=v)
+    return _uniform_need(meta, ctx, k, v)
+
+
 def _alias(profile: Profile, model: str) -> ModelAlias:
     return profile.models.get(model) or ModelAlias(model, "")
 
 
-def _need(meta: GGUFMeta | GGUFHeader, ctx: int) -> Need | None:
-    if isinstance(meta, GGUFHeader):
-        return estimate(meta, meta.data_offset + meta.tensor_bytes, ctx)
-    header = _local_header(meta.source, meta.file_size)
-    if header is not None:
-        return estimate(header, meta.file_size, ctx)
-    return _uniform_need(meta, ctx)
-
-
-def _local_header(source: str, size: int) -> GGUFHeader | None:
-    """The header of a local GGUF file, read once per (path, size, mtime); None when `source` is
-    not a readable local file (a hub URL, a file on another host)."""
+def _local_file_header(source: str, size: int) -> GGUFHeader | None:
+    """The header of a local GGUF file of `size` bytes; None when `source` is not a readable
+    local file of that size (a hub URL, a file on another host)."""
     path = Path(source)
     try:
         stat = path.stat()
@@ -137,11 +138,13 @@ def _local_header(source: str, size: int) -> GGUFHeader | None:
         return None
     if not path.is_file() or stat.st_size != size:
         return None
-    return _read_header(str(path), stat.st_size, stat.st_mtime_ns)
+    return local_header(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=64)
-def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader | None:
+def local_header(path: str, size: int, mtime_ns: int) -> GGUFHeader | None:
+    """The header of the local GGUF file at `path`, read once per (path, size, mtime); None
+    when it cannot be read or is not a GGUF."""
     try:
         with open(path, "rb") as f:
             return read_header(file_reads(f), size, name=path)
@@ -149,16 +152,18 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader | None:
         return None
 
 
-def _uniform_need(meta: GGUFMeta, ctx: int) -> Need:
-    """An estimate from the metadata alone: the weights spread evenly over the layers, and an
-    f16 KV cache of ctx × KV heads × 2 × head_dim (embedding / heads) × 2 B a layer when the
-    metadata has the head counts (none otherwise), so a partial offload is a little optimistic."""
+def _uniform_need(meta: GGUFMeta, ctx: int, cache_k: str, cache_v: str) -> Need:
+    """An estimate from the metadata alone: the weights spread evenly over the layers, and a
+    KV cache of ctx × KV heads × head_dim (embedding / heads) × (bytes_k + bytes_v) a layer when
+    the metadata has the head counts (none otherwise), so a partial offload is a little
+    optimistic."""
     layers = meta.layers or 0
     each = meta.tensor_bytes // layers if layers else 0
     heads, width = meta.head_count, meta.embedding_length
     kv = 0
     if heads and width:
-        kv = ctx * (meta.head_count_kv or heads) * 2 * (width // heads) * int(_F16)
+        per_element = KV_TYPE_BYTES[cache_k] + KV_TYPE_BYTES[cache_v]
+        kv = int(ctx * (meta.head_count_kv or heads) * (width // heads) * per_element)
     return Need(
         file=meta.source,
         quant=meta.quant or "?",
@@ -172,11 +177,3 @@ def _uniform_need(meta: GGUFMeta, ctx: int) -> Need:
         bytes_read=meta.bytes_read,
         notes=("estimated from the metadata: no per-layer sizes",),
     )
-
-
-def _with_cache_types(need: Need, type_k: str | None, type_v: str | None) -> Need:
-    """`need` with its f16 KV cache counted in the given cache types (K and V halves alike)."""
-    factor = (KV_TYPE_BYTES[type_k or "f16"] + KV_TYPE_BYTES[type_v or "f16"]) / (2 * _F16)
-    if factor == 1.0:
-        return need
-    return replace(need, kv_layer_bytes=tuple(int(b * factor) for b in need.kv_layer_bytes))
