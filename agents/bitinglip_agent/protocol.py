@@ -245,7 +245,7 @@ class Parts:
 # Error codes an agent reports. Retryable ones are infrastructure failures: the queue retries
 # them; the others are the task's own fault.
 RETRYABLE = frozenset(
-    {"runner_crashed", "agent_stopping", "overloaded", "download_failed", "no_room"}
+    {"runner_crashed", "agent_stopping", "overloaded", "download_failed", "no_room", "too_large"}
 )
 CODES = RETRYABLE | frozenset(
     {

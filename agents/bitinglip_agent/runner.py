@@ -297,10 +297,10 @@ class ModelRunner:
         """Load the model with the request's settings; False (the request answered) if not."""
         if self._backoff:
             time.sleep(self._backoff)
-        held = self.owner.make_room(self, request.settings)
-        if held is not None:
+        refused = self.owner.make_room(self, request.settings)
+        if refused is not None:
             self._waiting.popleft()
-            self._answer(request, "error", code="no_room", message=held)
+            self._answer(request, "error", code=refused[0], message=refused[1])
             return False
         try:
             child = ChildProcess(self.path, self.mode, request.settings)

@@ -6,7 +6,8 @@ so each model runs in its own child process (`infer.py`) behind an explicit queu
 (model path, mode). The host's limits (`configure`: max_loaded_models, memory_budget_bytes) hold
 when a child starts: the least recently used idle models are unloaded to make room, never one
 with running or queued work; when nothing idle can go, the run fails as `no_room` (retryable),
-naming what holds the room. Loads and unloads are told as `log` events (with why).
+naming what holds the room, or as `too_large` when the model alone breaks the limits. Loads
+and unloads are told as `log` events (with why).
 """
 
 from __future__ import annotations
@@ -178,10 +179,11 @@ class Runners:
                 raise ValueError(f"limit {name} = {value!r}: expected a positive integer or null")
         self.max_loaded_models, self.memory_budget_bytes = count, budget
 
-    def make_room(self, runner: ModelRunner, settings: dict[str, Any]) -> str | None:
+    def make_room(self, runner: ModelRunner, settings: dict[str, Any]) -> tuple[str, str] | None:
         """Room for `runner` to load with `settings`: idle models unloaded, least recently used
         first, until the limits hold. None when there is room (the runner then counts as
-        loaded), else why not (what holds the room)."""
+        loaded), else (code, why): `no_room` while busy models hold the room (it frees when
+        their work ends), `too_large` when the model alone breaks the limits."""
         try:
             need = run_settings.estimate_bytes(self._check(runner.path), settings)
         except InvalidGGUF:
@@ -207,14 +209,20 @@ class Runners:
             return f"memory budget {budget / GIB:.2f} GiB"
         return None
 
-    def _no_room(self, runner: ModelRunner, need: int, over: str, held: list[ModelRunner]) -> str:
+    def _no_room(
+        self, runner: ModelRunner, need: int, over: str, held: list[ModelRunner]
+    ) -> tuple[str, str]:
+        if not held:
+            return "too_large", (
+                f"{runner.path} (needs {need / GIB:.2f} GiB) is larger than this host's {over}"
+            )
         holders = ", ".join(
             f"{r.path} ({r.estimate / GIB:.2f} GiB, {len(r.pending())} running or queued)"
             for r in held
         )
-        return (
+        return "no_room", (
             f"no room to load {runner.path} (needs {need / GIB:.2f} GiB) within {over}: held by"
-            f" {holders or 'nothing'}, none of them idle"
+            f" {holders}, none of them idle"
         )
 
     # -- told by the runners ---------------------------------------------------------------

@@ -221,8 +221,11 @@ class TaskQueue:
                 raise StaleLeaseError(f"task {task_id}: lease token {token} is stale")
             end_canceled(conn, [task_id], self.clock(), "canceled by the runner")
 
-    def release(self, items: Sequence[tuple[int, int]], reason: str = "released") -> int:
-        """Give running tasks back to the queue without an attempt penalty (graceful stop)."""
+    def release(
+        self, items: Sequence[tuple[int, int]], reason: str = "released", delay: float = 0.0
+    ) -> int:
+        """Give running tasks back to the queue without an attempt penalty (graceful stop; a
+        host with no room yet), to run again after `delay` seconds."""
         now = self.clock()
         with self.store.write() as conn:
             current = held_leases(conn, dict(items))
@@ -233,7 +236,7 @@ class TaskQueue:
                 now,
                 "lease_owner = NULL, lease_expires_at = NULL, run_after = ?, ran_on = NULL,"
                 " started_at = NULL",
-                (now,),
+                (now + delay,),
                 detail=reason,
             )
         return len(current)

@@ -3,9 +3,10 @@
 Messages arrive from the sessions' threads (`receive`, which rings the loop's doorbell) and are
 handled together once per step (`handle`): output chunks are buffered on their runs (a task's
 first chunk stored at once, for time to first token), results kept and completed in one
-transaction, errors failed (retryable ones are retried by the queue), a pull's outcome recorded
-in the registry, a lost agent's runs requeued at once. After a re-attach, the agent's `hello`
-says which runs it still has: runs it never acknowledged are sent again (same lease, same
+transaction, errors failed (retryable ones are retried by the queue; model work a host had
+`no_room` for yet goes back to the queue for a second without spending a try), a pull's outcome
+recorded in the registry, a lost agent's runs requeued at once. After a re-attach, the agent's
+`hello` says which runs it still has: runs it never acknowledged are sent again (same lease, same
 attempt), the other runs it lost (and only they) go back to the queue.
 """
 
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from bitinglip_agent.protocol import PULL_KINDS, RETRYABLE
+from bitinglip_agent.protocol import MODEL_KINDS, PULL_KINDS, RETRYABLE
 
 from bitinglip.control.models import pulls
 from bitinglip.control.queue.tasks import TaskQueue
@@ -25,6 +26,8 @@ from bitinglip.control.runtime.host_agents import HostAgents
 from bitinglip.control.runtime.inflight import flush_one, flush_output
 from bitinglip.control.transport.sessions import AgentSession, Incoming, Inflight
 from bitinglip.errors import BitinglipError, StoreError
+
+NO_ROOM_RETRY_S = 1.0  # model work a host had no room for yet is claimed again after this
 
 log = logging.getLogger("bitinglip.control.runtime.dispatcher")
 
@@ -129,17 +132,20 @@ class Inbox:
         elif kind == "error":
             del session.inflight[str(msg["id"])]
             flush_one(queue, run)
-            self._failed(queue, run, msg)
+            self._failed(queue, run, msg, session.host)
             if run.kind in PULL_KINDS:
                 pulls.pull_failed(queue.store, session.host, run.task_id, msg)
                 self.copies_changed = True
 
-    def _failed(self, queue: TaskQueue, run: Inflight, msg: dict[str, object]) -> None:
+    def _failed(self, queue: TaskQueue, run: Inflight, msg: dict[str, object], host: str) -> None:
         code = str(msg.get("code", "error"))
         message = str(msg.get("message", ""))
         try:
             if code == "canceled":
                 queue.confirm_canceled(run.task_id, run.token)
+            elif code == "no_room" and run.kind in MODEL_KINDS:  # busy models hold the room:
+                why = f"released: no room on {host} yet ({message})"  # not the task's try
+                queue.release([(run.task_id, run.token)], why, delay=NO_ROOM_RETRY_S)
             else:
                 queue.fail(run.task_id, run.token, message, retryable=code in RETRYABLE, kind=code)
         except BitinglipError as exc:
