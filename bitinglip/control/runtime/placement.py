@@ -10,8 +10,9 @@ home is chosen, in this order of preference:
 1. a host where the model is loaded (the agent's telemetry);
 2. a host with a ready copy and room to load it: fewer than its `max_loaded_models` models with
    work (an idle one the agent evicts, least recently used first), and the model's estimate
-   (file size x 1.2: model_sizes.py) within its memory budget, or the free GPU memory (RAM on a host
-   without GPUs) its telemetry reports, less what models placed there and not loaded yet need;
+   (weights and the KV cache of n_ctx x parallel tokens, as `models fit` counts: model_sizes.py)
+   within its memory budget, or the free GPU memory (RAM on a host without GPUs) its telemetry
+   reports, less what models placed there and not loaded yet need;
    among those, the host with the fewest models, then the most free memory;
 3. a host where it fits with no copy, when the model is registered: pulled there first (one
    pull, whatever the number of requests; `pulls.plan` joins one in progress);
@@ -30,11 +31,10 @@ its host) while the model is not loaded there; a lost home is replaced by the sa
 **Wait reasons**: a queued group that cannot run now says why in `tasks.wait_reason`
 (`waiting: pulling to gpu2 (43%)`, `waiting: loading on gpu1`, `fits nowhere: needs 9.1 GiB,
 largest free 7.8 GiB`), written after the step's claims, in one transaction, and only where a
-group's reason changed or it has new tasks.
+group's reason changed or it has new tasks; `immediate` tasks fail with an unplaceable reason.
 
 `placement = "rotation"`, model-blind (hosts in turn claim any model they have), is kept for
-comparison. Pulls placement starts: pulling.py.
-"""
+comparison. Pulls placement starts: pulling.py."""
 
 from __future__ import annotations
 
