@@ -84,6 +84,7 @@ _ARCH_KEYS = (
     "attention.head_count_kv",
     "attention.key_length",
     "attention.value_length",
+    "pooling_type",
 )
 _KEEP_SUFFIXES = tuple("." + key for key in _ARCH_KEYS)
 
