@@ -9,13 +9,19 @@ the control plane's (`plan_fit`).
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from bitinglip.cli.common import emit_json, note, plane_of, table
+from bitinglip.config_serving import CACHE_TYPES
 from bitinglip.control import GIB, Need, Verdict, list_gguf, needs_for_files, plan_fit, read_range
 from bitinglip.errors import NotFoundError
+
+# The KV cache types llama.cpp has (the profile's cache_type_k/v), as a choice of the CLI.
+CacheType = StrEnum("CacheType", {name: name for name in CACHE_TYPES})  # type: ignore[misc]
+F16 = CacheType("f16")
 
 
 def fit(
@@ -31,19 +37,29 @@ def fit(
         float,
         typer.Option("--margin-gib", min=0.0, help="GiB kept free on each GPU (and in RAM)."),
     ] = 1.0,
+    cache_type_k: Annotated[
+        CacheType, typer.Option("--cache-type-k", help="The KV cache's K type.")
+    ] = F16,
+    cache_type_v: Annotated[
+        CacheType, typer.Option("--cache-type-v", help="The KV cache's V type.")
+    ] = F16,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say for each quant of REPO and each GPU: fits, N of M layers on the GPU, or does not fit.
 
     Reads only the GGUF headers (range requests, no weights): weights, per-layer bytes and the
-    f16 KV cache for --ctx, plus --margin-gib, against each GPU's free memory from the latest
-    telemetry of the profile's hosts. Without telemetry it prints what each quant needs.
+    KV cache for --ctx tokens in the cache types (f16 unless --cache-type-k/v say), plus
+    --margin-gib, against each GPU's free memory from the latest telemetry of the profile's
+    hosts. Without telemetry it prints what each quant needs.
     """
     started = time.monotonic()
     commit, files = list_gguf(repo, revision)
     if not files:
         raise NotFoundError(f"{repo}@{commit[:12]} has no .gguf files")
-    needs = sorted(needs_for_files(files, read_range, ctx_len), key=_smallest_first)
+    needs = needs_for_files(
+        files, read_range, ctx_len, cache_k=cache_type_k.value, cache_v=cache_type_v.value
+    )
+    needs.sort(key=_smallest_first)
     with plane_of(ctx) as plane:
         stored = bool(plane.fleet.latest())
         devices, notes = plane.models.devices()
