@@ -10,7 +10,7 @@ clears its task's reason (`TaskQueue.claim`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bitinglip.control.queue.endings import fail_immediate
@@ -69,3 +69,38 @@ def set_reasons(store: Store, reasons: Sequence[Reason], now: float | None = Non
             reasons,
         )
     return failed
+
+
+class Written:
+    """The wait reasons written so far, per group: a group's is written again only where it
+    changed or the group has tasks it was not written for."""
+
+    def __init__(self) -> None:
+        self._written: dict[tuple[str, str | None, str | None], tuple[str | None, int, int]] = {}
+
+    def write(
+        self,
+        store: Store,
+        groups: Sequence[Demand],
+        reasons: Mapping[tuple[str, str | None, str | None], str | None],
+        now: float,
+    ) -> int:
+        """Write the groups' reasons where needed (`set_reasons`); forget groups gone."""
+        batch: list[Reason] = []
+        for group in groups:
+            reason = reasons.get(group.key)
+            if self._changed(group, reason):
+                batch.append((reason, group.model, group.host, group.labels))
+                self._written[group.key] = (reason, group.newest, group.queued)
+        live = {g.key for g in groups}
+        for key in [k for k in self._written if k not in live]:
+            del self._written[key]
+        return set_reasons(store, batch, now)
+
+    def _changed(self, group: Demand, reason: str | None) -> bool:
+        before = self._written.get(group.key)
+        if before is None:
+            return reason is not None
+        if before[0] != reason:
+            return True
+        return reason is not None and (group.newest > before[1] or group.queued > before[2])

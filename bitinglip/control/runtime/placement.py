@@ -98,7 +98,7 @@ class Placement:
         self._demand: Counter[str] = Counter()
         self._groups: list[waiting.Demand] = []
         self._reasons: dict[tuple[str, str | None, str | None], str | None] = {}
-        self._written: dict[tuple[str, str | None, str | None], tuple[str | None, int, int]] = {}
+        self._written = waiting.Written()
         self.sizes = ModelSizes(profile)
         self.replicas = Replicas(profile)
         self._local_dir = str(aliases.models_dir(profile))
@@ -158,26 +158,7 @@ class Placement:
 
     def write_reasons(self, queue: TaskQueue) -> None:
         """Store this step's wait reasons (after its claims), where they changed."""
-        batch: list[waiting.Reason] = []
-        for group in self._groups:
-            reason = self._reasons.get(group.key)
-            if self._changed(group, reason):
-                batch.append((reason, group.model, group.host, group.labels))
-                self._written[group.key] = (reason, group.newest, group.queued)
-        live = {g.key for g in self._groups}
-        for key in [k for k in self._written if k not in live]:
-            del self._written[key]
-        waiting.set_reasons(queue.store, batch, queue.clock())
-
-    def _changed(self, group: waiting.Demand, reason: str | None) -> bool:
-        """Whether the group's stored reason needs writing: it changed, or (a reason) the
-        group has tasks it was not written for."""
-        before = self._written.get(group.key)
-        if before is None:
-            return reason is not None
-        if before[0] != reason:
-            return True
-        return reason is not None and (group.newest > before[1] or group.queued > before[2])
+        self._written.write(queue.store, self._groups, self._reasons, queue.clock())
 
     # -- hosts -----------------------------------------------------------------------------
 
@@ -295,9 +276,14 @@ class Placement:
         now: float,
     ) -> None:
         """One more home for the group's model when its backlog per home with the model loaded
-        exceeds the scale-out depth (and every home has it loaded: one new home at a time)."""
-        backlog = group.queued - sum(h.free_slots for h in serving)
+        exceeds the scale-out depth (and every home has it loaded: one new home at a time). Runs
+        beyond the model's `parallel` on a home wait inside its agent: they are backlog too."""
         model, homes = group.model, self.homes[group.model]
+        par = getattr(self.profile.models.get(model), "parallel", 1)
+        over = [h.running[model] - par for h in serving]  # > 0: waiting there; < 0: room
+        backlog = group.queued + sum(
+            max(o, 0) - min(h.free_slots, max(-o, 0)) for h, o in zip(serving, over, strict=True)
+        )
         if backlog <= self.depth * len(serving) or not all(h.is_loaded(model) for h in serving):
             return
         others = [h for h in eligible if h.name not in homes]
