@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -51,7 +51,9 @@ class HubFile:
     """One GGUF file of a repo at one commit: what a pull fetches and verifies.
 
     `sha256` and `size` are the file's LFS identity (what the download is checked against);
-    `url` downloads exactly this commit's file.
+    `url` downloads exactly this commit's file. `facts` are the memory facts of its GGUF header
+    (`gguf_meta.header_facts`) once something read it, which registering it keeps; they are not
+    part of its identity (not compared, not in `to_dict`).
     """
 
     repo: str
@@ -61,13 +63,16 @@ class HubFile:
     sha256: str
     quant: str | None
     url: str
+    facts: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def ref(self) -> str:
         return f"{self.repo}:{self.name}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        found = asdict(self)
+        del found["facts"]
+        return found
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 `models` holds one row per (repo, commit, file) with the size and LFS sha256 a copy must match;
 a row never changes once written, so a branch that moves on on the hub makes a new row and never
-alters a registered model. `host_models` holds one row per copy of a model on a host, in one of
-four states (`CopyState`): `pulling` (a pull task is bringing it), `ready` (on disk, its sha256
-checked), `quarantined` (it arrived but failed verification; `error` says why) and `failed` (the
-pull gave up). Every change of state goes through `set_host_state`, which checks the move
-against `MOVES`. `last_used_at` (`touch`) and `loaded` (`set_loaded`) drive the quota's
-eviction: least recently used first, never a loaded copy or one being pulled.
+alters a registered model; its one later write is `facts`, the memory facts of the file's GGUF
+header (`gguf_meta.header_facts`, JSON), NULL until a header is read, then written once.
+`host_models` holds one row per copy of a model on a host, in one of four states (`CopyState`):
+`pulling` (a pull task is bringing it), `ready` (on disk, its sha256 checked), `quarantined` (it
+arrived but failed verification; `error` says why) and `failed` (the pull gave up). Every change of
+state goes through `set_host_state`, which checks the move against `MOVES`. `last_used_at` (`touch`)
+and `loaded` (`set_loaded`) drive the quota's eviction: least recently used first, never a loaded
+copy or one being pulled.
 
 Pure SQLite: every write is one transaction through `Store.write()`; nothing here touches a
 file or a host.
@@ -15,6 +17,7 @@ file or a host.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -59,16 +62,20 @@ _COPY_COLUMNS = (
 
 
 def register(store: Store, file: HubFile, now: float | None = None) -> int:
-    """The id of the model row for `file` (repo, commit, file), added if it is new."""
+    """The id of the model row for `file` (repo, commit, file), added if it is new; the file's
+    header facts, when it carries them, are kept (on a row without any too)."""
     if not COMMIT_SHA.fullmatch(file.commit):
         raise InputError(f"{file.ref}: commit {file.commit!r} is not a 40-hex sha")
     if not file.sha256 or file.size < 0:
         raise InputError(f"{file.ref}: a model needs its sha256 and size to be registered")
+    facts = None if file.facts is None else _json(file.facts)
+    identity = (file.repo, file.commit, file.name, file.quant, file.size, file.sha256)
     with store.write() as conn:
         conn.execute(
-            'INSERT INTO models (repo, "commit", file, quant, size, sha256, created_at)'
-            ' VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, "commit", file) DO NOTHING',
-            (file.repo, file.commit, file.name, file.quant, file.size, file.sha256, _now(now)),
+            'INSERT INTO models (repo, "commit", file, quant, size, sha256, created_at, facts)'
+            ' VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, "commit", file) DO UPDATE'
+            " SET facts = excluded.facts WHERE models.facts IS NULL AND excluded.facts IS NOT NULL",
+            (*identity, _now(now), facts),
         )
         model_id, size, sha256 = conn.execute(
             'SELECT id, size, sha256 FROM models WHERE repo = ? AND "commit" = ? AND file = ?',
@@ -138,6 +145,22 @@ def set_host_state(
         )
 
 
+def set_facts(store: Store, model_id: int, facts: Mapping[str, Any]) -> bool:
+    """Keep the header facts of a model that has none; False when it had (or is not there)."""
+    cursor = store.write_one(
+        "UPDATE models SET facts = ? WHERE id = ? AND facts IS NULL",
+        (_json(facts), model_id),
+    )
+    return cursor.rowcount > 0
+
+
+def facts(store: Store, model_id: int) -> dict[str, Any] | None:
+    """The header facts kept with a model, or None (none read yet, or no such model)."""
+    row = store.conn.execute("SELECT facts FROM models WHERE id = ?", (model_id,)).fetchone()
+    found = json.loads(row[0]) if row is not None and row[0] is not None else None
+    return found if isinstance(found, dict) else None
+
+
 def touch(store: Store, host: str, model_id: int, when: float) -> bool:
     """Record a use of the copy (LRU); False when there is no copy on that host."""
     cursor = store.write_one(
@@ -192,24 +215,12 @@ def unregister(store: Store, model_id: int) -> bool:
 def rows(store: Store, profile: Profile | None = None) -> list[dict[str, Any]]:
     """Every registered model, JSON-ready: its identity, its alias in `profile` (or None), and
     `hosts`: {host: {state, path, loaded, last_used_at, bytes_done, error, task_id, ...}}."""
-    with store.read() as conn:
-        found = conn.execute(
-            f"SELECT {_MODEL_COLUMNS}, {_COPY_COLUMNS} FROM models m"
-            " LEFT JOIN host_models hm ON hm.model_id = m.id"
-            " ORDER BY m.repo, m.file, m.id, hm.host"
-        ).fetchall()
-    return _group(found, profile)
+    return _select(store, profile, "ORDER BY m.repo, m.file, m.id, hm.host", ())
 
 
 def get(store: Store, model_id: int, profile: Profile | None = None) -> dict[str, Any] | None:
     """One model as `rows` shows it, or None."""
-    with store.read() as conn:
-        found = conn.execute(
-            f"SELECT {_MODEL_COLUMNS}, {_COPY_COLUMNS} FROM models m"
-            " LEFT JOIN host_models hm ON hm.model_id = m.id WHERE m.id = ? ORDER BY hm.host",
-            (model_id,),
-        ).fetchall()
-    grouped = _group(found, profile)
+    grouped = _select(store, profile, "WHERE m.id = ? ORDER BY hm.host", (model_id,))
     return grouped[0] if grouped else None
 
 
@@ -258,25 +269,15 @@ def eviction_order(store: Store, host: str) -> list[tuple[int, str, int]]:
 
 def hub_file(row: Mapping[str, Any]) -> HubFile:
     """The registered model as a `HubFile` (its URL on the current endpoint)."""
-    return HubFile(
-        repo=row["repo"],
-        commit=row["commit"],
-        name=row["file"],
-        size=row["size"],
-        sha256=row["sha256"],
-        quant=row["quant"],
-        url=file_url(row["repo"], row["commit"], row["file"]),
-    )
+    repo, commit, name = row["repo"], row["commit"], row["file"]
+    url = file_url(repo, commit, name)
+    return HubFile(repo, commit, name, row["size"], row["sha256"], row["quant"], url)
 
 
 def alias_of(profile: Profile | None, repo: str, commit: str, file: str) -> str | None:
     """The first alias of `profile` that names this model (see `find`)."""
-    if profile is None:
-        return None
-    for name, alias in profile.models.items():
-        if _alias_matches(alias, repo, commit, file):
-            return name
-    return None
+    aliases = profile.models.items() if profile is not None else ()
+    return next((n for n, a in aliases if _alias_matches(a, repo, commit, file)), None)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -288,6 +289,10 @@ def _state(state: str) -> CopyState:
     except ValueError:
         known = ", ".join(s.value for s in CopyState)
         raise InputError(f"unknown copy state {state!r}; one of {known}") from None
+
+
+def _json(facts: Mapping[str, Any]) -> str:
+    return json.dumps(facts, separators=(",", ":"))
 
 
 def _now(now: float | None) -> float:
@@ -335,12 +340,18 @@ def _group(found: Iterable[tuple[Any, ...]], profile: Profile | None) -> list[di
 
 
 def _by_repo(store: Store, repo: str, profile: Profile | None) -> list[dict[str, Any]]:
+    return _select(store, profile, "WHERE m.repo = ? ORDER BY m.id, hm.host", (repo,))
+
+
+def _select(
+    store: Store, profile: Profile | None, where: str, params: tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    """The models (with their copies) the `where` clause picks, grouped (`_group`)."""
     with store.read() as conn:
         found = conn.execute(
             f"SELECT {_MODEL_COLUMNS}, {_COPY_COLUMNS} FROM models m"
-            " LEFT JOIN host_models hm ON hm.model_id = m.id WHERE m.repo = ?"
-            " ORDER BY m.id, hm.host",
-            (repo,),
+            f" LEFT JOIN host_models hm ON hm.model_id = m.id {where}",
+            params,
         ).fetchall()
     return _group(found, profile)
 

@@ -166,10 +166,17 @@ PLACEMENT = (
     " WHERE state = 'queued' AND model IS NOT NULL",
 )
 
+# The memory facts of a registered model's GGUF header (JSON, `gguf_meta.header_facts`: tensor
+# bytes by layer, layer and head counts, key/value lengths), so placement sizes a model whose
+# copies are all on other hosts with its KV cache. Written once, when first read; NULL for rows
+# registered before (and until a header is read).
+MODEL_FACTS = ("ALTER TABLE models ADD COLUMN facts TEXT",)
+
 # (name, statements) in order; the position is the migration's number.
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("initial", INITIAL),
     ("hosts", HOSTS),
     ("models", MODELS),
     ("placement", PLACEMENT),
+    ("model_facts", MODEL_FACTS),
 )
