@@ -5,7 +5,9 @@ agents' telemetry), and removing copies."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,15 @@ from bitinglip_agent.protocol import unsafe_reason
 
 from bitinglip.config import HostConfig, Profile
 from bitinglip.control.fleet import telemetry_ring
-from bitinglip.control.models import aliases, fit, local_width, pulls, registry
+from bitinglip.control.models import aliases, fit, gguf_meta, local_width, pulls, registry
 from bitinglip.control.models.refs import HubFile, split_ref
+from bitinglip.control.models.settings import local_header
 from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.control.runtime import controller
 from bitinglip.control.store.db import Store
-from bitinglip.errors import InputError, NotFoundError, StateError
+from bitinglip.errors import HubError, InputError, NotFoundError, StateError
+
+log = logging.getLogger(__name__)
 
 
 class ModelDesk:
@@ -122,17 +127,21 @@ class ModelDesk:
         all_hosts: bool = False,
         revision: str | None = None,
     ) -> tuple[HubFile, list[pulls.Ticket]]:
-        """Pin `ref` to a commit, file, size and sha256, then queue a pull on each chosen host
-        (or join the one in progress there)."""
+        """Pin `ref` to a commit, file, size and sha256, read its header's memory facts (range
+        reads of the header only; `with_facts`), then queue a pull on each chosen host (or join
+        the one in progress there)."""
         targets = self.pull_targets(hosts, labels, all_hosts)
         from bitinglip.control.models import hub  # huggingface_hub: only for commands that need it
 
         file = hub.resolve(ref, revision)
+        pulls.check_name(file)  # before any read of the file
+        file = with_facts(file)
         return file, pulls.plan(self._queue, file, targets)
 
     def pull_file(self, file: HubFile, targets: Sequence[HostConfig]) -> list[pulls.Ticket]:
-        """Queue a pull of `file` (pinned already: `resolve_ref`) on each of `targets`, or join
-        the one in progress there. For a caller that asks the hub off this thread."""
+        """Queue a pull of `file` (pinned already: `resolve_ref`; with its header facts when
+        the caller read them, `read_need`) on each of `targets`, or join the one in progress
+        there. For a caller that asks the hub off this thread."""
         return pulls.plan(self._queue, file, targets)
 
     def pull_via_operator(
@@ -156,6 +165,10 @@ class ModelDesk:
             raise InputError(f"{file.repo} lists {file.name!r}, whose place {why}; refused")
         model_id = registry.register(self._store, file)
         local = push.operator_copy(self.profile, file, progress)
+        stat = local.stat()  # the header of the copy here: the facts, with no hub read
+        header = local_header(str(local), stat.st_size, stat.st_mtime_ns)
+        if header is not None:
+            registry.set_facts(self._store, model_id, gguf_meta.header_facts(header))
         return file, push.push_all(
             self._store, self.profile, file, model_id, targets, local, progress
         )
@@ -198,7 +211,8 @@ class ModelDesk:
         return None if found is None else registry.hub_file(found)
 
     def place_file(self, file: HubFile, need: fit.Need, ctx: int, name: str) -> list[pulls.Ticket]:
-        """Pull `file` (whose header `read_need` read) to the host where it fits best."""
+        """Pull `file` (whose header `read_need` read: registered with its facts) to the host
+        where it fits best."""
         target = self.best_host(file, need, ctx, f"model {name}")
         return pulls.plan(self._queue, file, [target])
 
@@ -292,10 +306,26 @@ class ModelDesk:
 
 
 def read_need(target: HubFile | tuple[str, str | None], ctx: int) -> tuple[HubFile, fit.Need]:
-    """Pin a hub alias's ref (or take a registered file) and read its header for the fit: the
-    network only, no database, so any thread may call it."""
+    """Pin a hub alias's ref (or take a registered file) and read its header for the fit (as
+    `fit.needs_for_files` does for one file): the file with its header's facts, which
+    registering it keeps, and its need at `ctx`. The network only, no database, so any thread
+    may call it."""
     from bitinglip.control.models import hub  # huggingface_hub: only for commands that need it
 
     file = hub.resolve(*target) if isinstance(target, tuple) else target
-    [need] = fit.needs_for_files([file], hub.read_range, ctx)
-    return file, need
+    header = gguf_meta.read_remote_header(file)
+    need = fit.estimate(header, file.size, ctx)
+    need = replace(need, file=file.name, quant=file.quant or need.quant)
+    return replace(file, facts=gguf_meta.header_facts(header)), need
+
+
+def with_facts(file: HubFile) -> HubFile:
+    """`file` with the memory facts of its header (range reads of the header only), or as it
+    is when the header cannot be read: the pull goes on, and placement sizes the model by its
+    file size until a header is read."""
+    try:
+        header = gguf_meta.read_remote_header(file)
+    except (InputError, HubError, NotFoundError) as exc:
+        log.warning("%s: no header facts: %s", file.ref, exc)
+        return file
+    return replace(file, facts=gguf_meta.header_facts(header))

@@ -54,13 +54,18 @@ def dest(file: HubFile) -> str:
     return f"hf/{file.repo}/{file.commit[:12]}/{file.name}"
 
 
-def plan(queue: TaskQueue, file: HubFile, hosts: Sequence[HostConfig]) -> list[Ticket]:
+def check_name(file: HubFile) -> None:
+    """InputError when the file's place in a model dir (`dest`) would not be under it."""
     why = unsafe_reason(dest(file))
     if why is not None:
         raise InputError(
             f"{file.repo} lists a file named {file.name!r} whose place in a model dir "
             f"{why}; refused before anything was written"
         )
+
+
+def plan(queue: TaskQueue, file: HubFile, hosts: Sequence[HostConfig]) -> list[Ticket]:
+    check_name(file)
     store = queue.store
     model_id = registry.register(store, file)
     tickets = []
