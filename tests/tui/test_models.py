@@ -192,6 +192,10 @@ async def test_pull_shows_progress_then_ready_and_remove_asks_first(
         await pull_from_form(c, f"{REPO}:Q8_0")
         started = await until(c, acted(c, "pull"), "the pull to start")
         assert started.ok and "pulling to local" in started.detail, started.detail
+        facts = await c.backend.call(  # kept from the header the fit read, before any copy
+            lambda p: registry.facts(p.store, registry.rows(p.store)[0]["id"])
+        )
+        assert facts is not None and len(facts["layer_bytes"]) == 2, facts
         key = await until(c, lambda: _row_key(c, REPO), "the model row")
         percent = await until(c, lambda: _pulling_percent(cells(c, key)[-1]), "progress on the row")
         assert 0 < percent < 100

@@ -25,8 +25,7 @@ from bitinglip.control import (
     HubFile,
     Ticket,
     ensure_local,
-    needs_for_files,
-    read_range,
+    read_need,
     resolve_ref,
 )
 from bitinglip.readable import human_size
@@ -106,9 +105,12 @@ async def run_pull(backend: Backend, request: PullRequest) -> tuple[str, int | N
     targets: list[HostConfig] | None = None
     if request.host is not None:  # an unknown host is refused before the hub is asked
         targets = await backend.call(lambda p: p.models.pull_targets([request.host], None, False))
-    file = await asyncio.to_thread(resolve_ref, ref, revision)
+    # The header is read once, for the fit and for the facts the registry keeps (placement's
+    # memory estimate of the model on hosts where this machine cannot read its file).
+    file, need = await asyncio.to_thread(
+        read_need, await asyncio.to_thread(resolve_ref, ref, revision), CTX
+    )
     if targets is None:
-        [need] = await asyncio.to_thread(needs_for_files, [file], read_range, CTX)
         targets = [await backend.call(lambda p: p.models.best_host(file, need, CTX, what))]
     tickets = await backend.call(_plan, file, targets)
     return describe(file, tickets), tickets[0].model_id if tickets else None
