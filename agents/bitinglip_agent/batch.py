@@ -2,8 +2,8 @@
 llama.cpp context and one batch per step (what llama-server's `--parallel` does).
 
 Between steps new requests join and finished ones leave, their sequence's KV cache dropped at
-once. A step decodes one token of every generating sequence in one batch, then each new prompt's
-next chunk in a decode of its own. Each sequence keeps its own sampler chain (temperature,
+once. A step is one llama_decode: one token of every generating sequence and the next chunk of
+each new prompt together. Each sequence keeps its own sampler chain (temperature,
 top-p/k, penalties, seed), max_tokens, stop strings (text that may be the start of one is held
 back until it is not), and cancel; its text goes out in coalesced `chunk` lines, its result with
 usage and timings. Like llama-server's slots, a sequence's numbers (so its text at a near tie)
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bitinglip_agent.engine import N_BATCH, Engine
+from bitinglip_agent.engine import N_BATCH, Engine, Sampler
 from bitinglip_agent.prompts import Prompt, Prompter
 
 CHUNK_EVERY_S = 0.05
@@ -36,7 +36,7 @@ class Sequence:
     prompt: list[int]
     stops: list[str]
     max_tokens: int | None
-    sampler: Any
+    sampler: Sampler
     start: float
     fed: int = 0  # prompt tokens decoded so far
     next_token: int = -1  # the sampled token to decode next
@@ -154,23 +154,30 @@ class Batcher:
     # -- one decode step -------------------------------------------------------------------
 
     def _step(self) -> None:
-        """One token of every generating sequence in one decode, then each new prompt's next
-        chunk in a decode of its own: a sequence's logits never depend on its neighbours'."""
-        generating = [seq for seq in self.active if seq.fed == len(seq.prompt)]
-        if generating:
-            entries = [(seq.next_token, seq.pos, seq.seq, True) for seq in generating]
-            if not self._decoded(entries, generating):
-                return
-        for seq in [seq for seq in self.active if seq.fed < len(seq.prompt)]:
-            chunk = seq.prompt[seq.fed : seq.fed + N_BATCH]
+        """One llama_decode: a token of every generating sequence, then the next prompt chunk of
+        each new one while the batch has room (a new arrival costs no decode of its own), then
+        the next token of each sequence whose logits it made. A sequence's logits do not depend
+        on its neighbours' (a row per token, a KV cache per sequence: see engine.Engine)."""
+        entries: list[tuple[int, int, int, bool]] = []
+        sampled: list[Sequence] = []
+        for seq in self.active:
+            if seq.fed == len(seq.prompt):
+                entries.append((seq.next_token, seq.pos, seq.seq, True))
+                sampled.append(seq)
+        for seq in self.active:
+            room = N_BATCH - len(entries)
+            if seq.fed == len(seq.prompt) or room <= 0:
+                continue
+            chunk = seq.prompt[seq.fed : seq.fed + room]
             last = seq.fed + len(chunk) == len(seq.prompt)
-            entries = [
-                (token, seq.fed + i, seq.seq, last and i == len(chunk) - 1)
-                for i, token in enumerate(chunk)
-            ]
+            entries.extend((token, seq.fed + i, seq.seq, False) for i, token in enumerate(chunk))
             seq.fed += len(chunk)
-            if not self._decoded(entries, [seq] if last else []):
-                return
+            if last:
+                token, pos, seq_id, _ = entries[-1]
+                entries[-1] = (token, pos, seq_id, True)
+                sampled.append(seq)
+        if not self._decoded(entries, sampled):
+            return
         now = time.perf_counter()
         for seq in self.active:
             if seq.pending and now - seq.flushed_at >= CHUNK_EVERY_S:

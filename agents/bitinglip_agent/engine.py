@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable
 
 N_BATCH = 512  # tokens per llama_decode (prompt chunks and generated tokens together)
@@ -20,13 +21,25 @@ class EngineError(RuntimeError):
     """The model or its context could not be made."""
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """A sequence's sampler chain; `greedy` when it is plain argmax (temperature 0, penalties
+    neutral): then the token is the logits' argmax, read without the chain's copy of the whole
+    vocabulary (llama_sampler_sample's cost, per sequence per step, on a 262k vocabulary)."""
+
+    chain: Any
+    greedy: bool
+
+
 class Engine:
     """A loaded model, its vocabulary and a context of `parallel` sequences; one batch."""
 
     def __init__(self, path: str, settings: dict[str, Any], threads: int) -> None:
         import llama_cpp
+        import numpy  # llama-cpp-python's own dependency
 
         self.ll = ll = llama_cpp
+        self._np = numpy
         # llama-cpp-python's log callback prints below this level only (Llama(verbose=False)):
         # llama.cpp's load chatter would bury a crash's last words on stderr.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -143,7 +156,7 @@ class Engine:
 
     # -- sampling and decoding -------------------------------------------------------------
 
-    def sampler(self, params: dict[str, Any]) -> Any:
+    def sampler(self, params: dict[str, Any]) -> Sampler:
         """A sampler chain of its own for one sequence, like llama-cpp-python's: penalties,
         then greedy at temperature 0, else top-k, typical, top-p, min-p, temperature, seeded."""
         ll = self.ll
@@ -172,14 +185,22 @@ class Engine:
             add(chain, ll.llama_sampler_init_min_p(float(params["min_p"]), 1))
             add(chain, ll.llama_sampler_init_temp(temp))
             add(chain, ll.llama_sampler_init_dist(seed))
-        return chain
+        neutral = penalties[-3:] == (1.0, 0.0, 0.0)
+        return Sampler(chain, greedy=temp == 0.0 and neutral)
 
-    def sample(self, chain: Any, index: int) -> int:
-        """The next token from the logits of the batch's `index`th token (accepted by chain)."""
-        return int(self.ll.llama_sampler_sample(chain, self.ctx, index))
+    def sample(self, sampler: Sampler, index: int) -> int:
+        """The next token from the logits of the batch's `index`th token (accepted by the
+        chain). Greedy: the first largest logit, as llama.cpp's greedy sampler picks it (its
+        neutral penalties keep no state that matters)."""
+        if sampler.greedy:
+            logits = self._np.ctypeslib.as_array(
+                self.ll.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
+            )
+            return int(logits.argmax())
+        return int(self.ll.llama_sampler_sample(sampler.chain, self.ctx, index))
 
-    def free_sampler(self, chain: Any) -> None:
-        self.ll.llama_sampler_free(chain)
+    def free_sampler(self, sampler: Sampler) -> None:
+        self.ll.llama_sampler_free(sampler.chain)
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
         """One llama_decode of (token, position, sequence, wants logits) entries; its status."""
