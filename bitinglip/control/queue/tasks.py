@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bitinglip_agent.protocol import KINDS, TaskKind
+from bitinglip_agent.protocol import KINDS, MODEL_KINDS, SERVE_KINDS, TaskKind
 
 from bitinglip.config import QueueConfig
 from bitinglip.control.queue.endings import after_failure, end_canceled
@@ -123,16 +123,19 @@ class TaskQueue:
             if models is None
             else f" AND (model IS NULL OR model IN ({','.join('?' * len(have))}){paths})"
         )
-        sql = (
-            "SELECT id, attempt, lease_token FROM tasks INDEXED BY tasks_ready"
-            " WHERE state = 'queued' AND run_after <= ?"
+        where = (
+            "state = 'queued' AND run_after <= ?"
             f" AND kind IN ({','.join('?' * len(kinds))})"
             " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
-            f"{only_models} ORDER BY priority DESC, id LIMIT ?"
+            f"{only_models}"
+        )
+        sql = (
+            "SELECT id, attempt, lease_token FROM tasks INDEXED BY tasks_ready"
+            f" WHERE {where} ORDER BY priority DESC, id LIMIT ?"
         )
         args = (now, *kinds, host, json.dumps(dict(labels or {})), *have, limit)
         # A read first: an empty queue costs no write lock (submitters never wait on idle polls).
-        if not self.store.conn.execute(sql, (*args[:-1], 1)).fetchone():
+        if not self.store.conn.execute(_probe(kinds, where), args[:-1]).fetchone():
             return []
         with self.store.write() as conn:
             picked = conn.execute(sql, args).fetchall()
@@ -364,3 +367,20 @@ __all__ = [
     "TaskSpec",
     "TaskState",
 ]
+
+
+# Kinds whose tasks always name a model (intake refuses one without): the queued ones are all in
+# `tasks_queued_model`, the partial index over queued tasks that name a model.
+NAMED_KINDS = frozenset((*MODEL_KINDS, *SERVE_KINDS))
+
+
+def _probe(kinds: tuple[str, ...], where: str) -> str:
+    """The read before a claim: whether any task matches `where`. For kinds that always name a
+    model it reads `tasks_queued_model`, so a backlog of light tasks (echo, which name none) is
+    not walked on every claim of model work that finds nothing."""
+    if NAMED_KINDS.issuperset(kinds):
+        return (
+            "SELECT 1 FROM tasks INDEXED BY tasks_queued_model"
+            f" WHERE model IS NOT NULL AND {where} LIMIT 1"
+        )
+    return f"SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE {where} LIMIT 1"
