@@ -26,6 +26,7 @@ from bitinglip.control.models.gguf_meta import GGUFMeta, read_local
 from bitinglip.control.models.settings import keep_alive_s, run_settings
 from bitinglip.control.queue.tasks import Claim, TaskQueue
 from bitinglip.control.runtime.host_agents import HostAgent
+from bitinglip.control.runtime.host_models import in_flight
 from bitinglip.control.runtime.placement import PLACED_KINDS, HostPlan, Placement
 from bitinglip.control.transport.sessions import AgentSession
 from bitinglip.errors import BitinglipError
@@ -138,9 +139,10 @@ def free_slots(session: AgentSession, host: HostConfig) -> list[tuple[list[str],
     loads = [k for k in serve if k == TaskKind.LOAD]
     unloads = [k for k in serve if k != TaskKind.LOAD]
     heavy = [k for k in kinds if k not in (*LIGHT_KINDS, *PULL_KINDS, *SERVE_KINDS)]
-    in_light = sum(1 for f in session.inflight.values() if f.kind in LIGHT_KINDS)
-    in_pull = sum(1 for f in session.inflight.values() if f.kind in PULL_KINDS)
-    in_serve = sum(1 for f in session.inflight.values() if f.kind in SERVE_KINDS)
+    runs = in_flight(session)
+    in_light = sum(runs[k] for k in LIGHT_KINDS)
+    in_pull = sum(runs[k] for k in PULL_KINDS)
+    in_serve = sum(runs[k] for k in SERVE_KINDS)
     in_heavy = len(session.inflight) - in_light - in_pull - in_serve
     groups = (
         (light, LIGHT_SLOTS - in_light),

@@ -136,7 +136,8 @@ class Host:
         seen: Seen,
         running: Counter[str],
     ) -> Host:
-        heavy = sum(1 for f in session.inflight.values() if f.kind in MODEL_KINDS)
+        runs = in_flight(session)
+        heavy = sum(runs[k] for k in MODEL_KINDS)
         return cls(config, models, seen, running, max(config.max_concurrency - heavy, 0))
 
     @property
@@ -171,6 +172,12 @@ class Host:
             return True
         wanted: dict[str, str] = json.loads(group.labels)
         return all(self.config.labels.get(k) == v for k, v in wanted.items())
+
+
+def in_flight(session: AgentSession) -> Counter[str]:
+    """The session's runs in flight by kind, counted in one pass (a step counts them per host,
+    and a host may have hundreds of light runs in flight)."""
+    return Counter([f.kind for f in session.inflight.values()])
 
 
 def loaded_paths(telemetry: dict[str, Any] | None) -> frozenset[str]:
