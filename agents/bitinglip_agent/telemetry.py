@@ -209,20 +209,24 @@ class _Gpus:
 
 def with_memory(loaded: list[dict[str, Any]], gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each loaded model's entry (its child's `pid` taken out) with the child's resident memory
-    (`rss_bytes`, from /proc) and GPU memory (`gpu_memory_bytes`, NVML's per-process figures
-    in this snapshot's `gpus`; None without them)."""
+    (`rss_bytes`, from /proc), GPU memory (`gpu_memory_bytes`, NVML's per-process figures in
+    this snapshot's `gpus`; None without them) and, where NVML lists the child, the indices of
+    the GPUs it is on (`gpus`)."""
     from bitinglip_agent.child import rss_bytes
 
     for entry in loaded:
         pid = entry.pop("pid")
         entry["rss_bytes"] = rss_bytes(pid)
-        used = [
-            proc["memory_bytes"]
-            for gpu in gpus
+        on = [
+            (gpu.get("index", i), proc.get("memory_bytes"))
+            for i, gpu in enumerate(gpus)
             for proc in gpu.get("processes") or []
-            if proc.get("pid") == pid and proc.get("memory_bytes") is not None
+            if proc.get("pid") == pid
         ]
+        used = [m for _, m in on if m is not None]
         entry["gpu_memory_bytes"] = sum(used) if used else None
+        if on:
+            entry["gpus"] = sorted({i for i, _ in on})
     return loaded
 
 
