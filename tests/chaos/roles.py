@@ -12,6 +12,8 @@ reports.
 - committer: commits small transactions as fast as it can and acks each id after COMMIT.
 - claimer:   one of several processes racing claim(limit=1) + complete on one database.
 - hog:       commits short (5 ms) write transactions back to back, like a busy writer.
+- zygote:    forks a committer for each `DB DURABILITY` line on stdin, one at a time, so that
+             a test killing many committers pays the imports (~0.4 s a process) once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import random
 import sqlite3
 import sys
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -125,6 +128,27 @@ def committer(db_path: str, durability: str) -> None:
                 say(f"task {task_id} {tag}")
 
 
+def zygote() -> None:
+    """For each `DB DURABILITY` line on stdin: fork a committer (a fresh process in all but its
+    imports: this one is single-threaded and has opened nothing), say `forked PID`, and once it
+    is gone `exit PID STATUS`. The committer's own lines come between on the same stdout (each
+    one write, so whole); the parent kills it."""
+    while line := sys.stdin.readline():
+        db_path, durability = line.split()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                committer(db_path, durability)
+            except BaseException:  # noqa: BLE001 - the fork must never return into this loop
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(1)
+        say(f"forked {pid}")
+        _, status = os.waitpid(pid, 0)
+        say(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+
+
 def claimer(db_path: str, durability: str, owner: str, count: int) -> None:
     """After `go` on stdin, do `count` claim(limit=1) + complete pairs; print a JSON summary.
 
@@ -215,6 +239,7 @@ def main(argv: list[str]) -> None:
     p = sub.add_parser("hog")
     p.add_argument("db")
     p.add_argument("--seconds", type=float, default=15.0)
+    sub.add_parser("zygote")
     args = parser.parse_args(argv)
     if args.role == "feeder":
         feeder(args.profile, args.data_dir, args.total, args.chunk, args.pause)
@@ -224,8 +249,10 @@ def main(argv: list[str]) -> None:
         committer(args.db, args.durability)
     elif args.role == "claimer":
         claimer(args.db, args.durability, args.owner, args.count)
-    else:
+    elif args.role == "hog":
         hog(args.db, args.seconds)
+    else:
+        zygote()
 
 
 if __name__ == "__main__":
