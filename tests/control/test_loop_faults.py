@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,27 +196,30 @@ def test_up_rides_out_a_lock_longer_than_the_busy_timeout(proc: Proc, tmp_path: 
         up.kill()
 
 
-def test_up_exits_1_when_its_control_loop_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
+def test_up_and_serve_exit_1_when_their_control_loop_cannot_go_on(
+    proc: Proc, tmp_path: Path
+) -> None:
+    """Each on its own data dir, both at once: the wait is the busy timeout's, not the test's."""
     up = Up(proc, tmp_path / "up.stderr", "--profile", quick_give_up(tmp_path))
+    served = replace(proc, data_dir=tmp_path / "served")
+    log = tmp_path / "serve.stderr"
+    serve = served.popen(
+        "--profile", quick_give_up(tmp_path), "serve", "--port", "0", stderr_to=log
+    )
     try:
         up.wait_until_controller()
-        with write_lock(proc.data_dir / "state.db"):  # for good: every step fails
-            code = up.process.wait(GIVE_UP_S + 4 * LOCK_S)
-    finally:
-        up.kill()
-    assert_stopped_on_the_lock(code, up.stderr)
-
-
-def test_serve_exits_1_when_its_control_loop_cannot_go_on(proc: Proc, tmp_path: Path) -> None:
-    log = tmp_path / "serve.stderr"
-    serve = proc.popen("--profile", quick_give_up(tmp_path), "serve", "--port", "0", stderr_to=log)
-    try:
         wait_for(lambda: "bitinglip: serving " in log.read_text(), 60, "serve to start")
         assert "running the control plane" in log.read_text()
-        with write_lock(proc.data_dir / "state.db"):
-            code = serve.wait(GIVE_UP_S + 4 * LOCK_S)
+        with (  # for good: every step of both fails
+            write_lock(proc.data_dir / "state.db"),
+            write_lock(served.data_dir / "state.db"),
+        ):
+            up_code = up.process.wait(GIVE_UP_S + 4 * LOCK_S)
+            serve_code = serve.wait(GIVE_UP_S + 4 * LOCK_S)
     finally:
+        up.kill()
         if serve.poll() is None:
             serve.kill()
             serve.wait()
-    assert_stopped_on_the_lock(code, log.read_text())
+    assert_stopped_on_the_lock(up_code, up.stderr)
+    assert_stopped_on_the_lock(serve_code, log.read_text())
