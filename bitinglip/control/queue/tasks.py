@@ -356,19 +356,6 @@ class TaskQueue:
         return None if row[0] is None else float(row[0])
 
 
-__all__ = [
-    "KINDS",
-    "MOVES",
-    "TERMINAL",
-    "Beat",
-    "Claim",
-    "TaskKind",
-    "TaskQueue",
-    "TaskSpec",
-    "TaskState",
-]
-
-
 # Kinds whose tasks always name a model (intake refuses one without): the queued ones are all in
 # `tasks_queued_model`, the partial index over queued tasks that name a model.
 NAMED_KINDS = frozenset((*MODEL_KINDS, *SERVE_KINDS))
@@ -384,3 +371,16 @@ def _probe(kinds: tuple[str, ...], where: str) -> str:
             f" WHERE model IS NOT NULL AND {where} LIMIT 1"
         )
     return f"SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE {where} LIMIT 1"
+
+
+__all__ = [
+    "KINDS",
+    "MOVES",
+    "TERMINAL",
+    "Beat",
+    "Claim",
+    "TaskKind",
+    "TaskQueue",
+    "TaskSpec",
+    "TaskState",
+]

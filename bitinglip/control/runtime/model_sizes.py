@@ -13,10 +13,10 @@ was read: at `models pull`, at pull-then-place, from a copy on this machine), th
 GPU on top; placement sums the estimates of the models a host holds, so it adds none.
 
 When neither a header nor facts are at hand, the estimate is the file's size times
-LOAD_FACTOR: a model registered before the registry kept facts (or by a path that does not read
-the header: the console's pull) with no copy here, or a file that is not a GGUF this reader can
-parse. That fallback does not see the KV cache. A row without facts gets them the first time a
-ready copy of it on a `local` host is read here.
+LOAD_FACTOR: a model registered before the registry kept facts, or whose header could not be
+read, with no copy here, or a file that is not a GGUF this reader can parse. That fallback does
+not see the KV cache. A row without facts gets them the first time a ready copy of it on a
+`local` host is read here.
 
 Cheap enough for every dispatcher step: a file's identity (size, mtime) is looked at again after
 ROW_TTL_S, its header is read once per identity, and the estimate is kept per (file identity,
