@@ -134,11 +134,42 @@ def ls(
     state: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
     job: Annotated[int | None, typer.Option(help="Only the tasks of this job.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    after: Annotated[
+        int | None, typer.Option(help="The page after this task id (older tasks).")
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option(help="The page before this task id (newer tasks).")
+    ] = None,
+    page: Annotated[
+        bool,
+        typer.Option(
+            "--page",
+            help='With --json: print {"tasks", "next", "prev"} (ids for --after/--before).',
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first, a page at a time (--after/--before a task id)."""
+    if after is not None and before is not None:
+        fail("--after and --before: give one of them", 2)
     with plane_of(ctx) as plane:
-        tasks = plane.tasks(state=state, job_id=job, limit=limit)
+        listing = plane.task_listing(
+            state=state, job_id=job, limit=limit, after=after, before=before
+        )
+    tasks = listing.tasks
+    if as_json and page:
+        emit_json(
+            {
+                "tasks": [t.to_dict() for t in tasks],
+                "next": listing.next,
+                "prev": listing.prev,
+                "searched": listing.searched,
+            }
+        )
+        return
+    if listing.next is not None:
+        searched = f" (searched {listing.searched:,} tasks)" if listing.searched else ""
+        note(f"bitinglip: more{searched}: tasks ls --after {listing.next}")
     if as_json:
         emit_json([t.to_dict() for t in tasks])
         return

@@ -68,10 +68,12 @@ from bitinglip.control.queue.filter import SORTS, TaskFilter, TaskPage, TaskRow
 from bitinglip.control.queue.filter import parse_filter as parse_task_filter
 from bitinglip.control.queue.follow import FollowMark, FollowStep
 from bitinglip.control.queue.jobs import Job
+from bitinglip.control.queue.keyset import WINDOW as TASK_WINDOW
+from bitinglip.control.queue.keyset import Cursor
 from bitinglip.control.queue.pace import JobPace
 from bitinglip.control.queue.tasks import KINDS, TERMINAL, TaskKind, TaskSpec, TaskState
 from bitinglip.control.queue.usage import QueueUsage
-from bitinglip.control.queue.views import Task
+from bitinglip.control.queue.views import Task, TaskListing
 from bitinglip.control.queue.watch import WatchMark, WatchStep
 from bitinglip.control.runtime.controller import ControllerInfo
 from bitinglip.control.runtime.loop import ControlLoop
@@ -106,12 +108,14 @@ __all__ = [
     "SERVE_KINDS",
     "SIGNALS",
     "SORTS",
+    "TASK_WINDOW",
     "TERMINAL",
     "CheckReport",
     "ControlLoop",
     "ControlPlane",
     "ControllerInfo",
     "CopyState",
+    "Cursor",
     "Device",
     "Fit",
     "FleetDesk",
@@ -140,6 +144,7 @@ __all__ = [
     "Task",
     "TaskFilter",
     "TaskKind",
+    "TaskListing",
     "TaskPage",
     "TaskRow",
     "TaskSpec",

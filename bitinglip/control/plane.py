@@ -30,6 +30,7 @@ from bitinglip.control.queue import jobs
 from bitinglip.control.queue import views as task_views
 from bitinglip.control.queue.filter import TaskFilter, TaskPage
 from bitinglip.control.queue.follow import FollowMark, FollowStep, follow_step
+from bitinglip.control.queue.keyset import WINDOW, Cursor
 from bitinglip.control.queue.pace import JobPace, job_paces
 from bitinglip.control.queue.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
 from bitinglip.control.queue.views import Task
@@ -123,10 +124,34 @@ class ControlPlane:
         job_id: int | None = None,
         kinds: Sequence[str] = (),
         limit: int = 50,
+        after: int | None = None,
+        before: int | None = None,
     ) -> list[Task]:
-        """Newest first; only tasks of `kinds` when given."""
-        return task_views.list_tasks(
-            self.store, state=state, job_id=job_id, kinds=kinds, limit=limit
+        """Newest first; only tasks of `kinds` when given; the page after (or before) a task."""
+        return self.task_listing(
+            state=state, job_id=job_id, kinds=kinds, limit=limit, after=after, before=before
+        ).tasks
+
+    def task_listing(
+        self,
+        *,
+        state: TaskState | None = None,
+        job_id: int | None = None,
+        kinds: Sequence[str] = (),
+        limit: int = 50,
+        after: int | None = None,
+        before: int | None = None,
+    ) -> task_views.TaskListing:
+        """A keyset page of tasks, newest first, with the ids that read the next and previous
+        pages."""
+        return task_views.list_page(
+            self.store,
+            state=state,
+            job_id=job_id,
+            kinds=kinds,
+            limit=limit,
+            after=after,
+            before=before,
         )
 
     def task_counts(self) -> dict[str, int]:
@@ -134,10 +159,21 @@ class ControlPlane:
         return task_views.counts(self.store)
 
     def task_page(
-        self, found: TaskFilter, sort: str = "id", descending: bool | None = None, limit: int = 200
+        self,
+        found: TaskFilter,
+        sort: str = "id",
+        descending: bool | None = None,
+        limit: int = 200,
+        *,
+        after: Cursor | None = None,
+        before: Cursor | None = None,
+        window: int = WINDOW,
     ) -> TaskPage:
-        """The first `limit` tasks a filter keeps, in `sort` order, with counts (one snapshot)."""
-        return task_filter.page(self.store, found, sort, descending, limit)
+        """The `limit` tasks a filter keeps after `after` (or before `before`, or the first), in
+        `sort` order, with counts (one snapshot; every read bounded, see `queue.keyset`)."""
+        return task_filter.page(
+            self.store, found, sort, descending, limit, after=after, before=before, window=window
+        )
 
     def follow_step(self, task_id: int, mark: FollowMark) -> FollowStep:
         """What is new about a task since `mark`: its row, events and output."""

@@ -1,8 +1,12 @@
-"""One page of the task list: a filter parsed into SQL, a sort, and counts for a summary.
+"""One page of the task list: a filter parsed into SQL, a sort, a keyset cursor, and counts.
 
-The console's Tasks view shows a page (a few hundred rows) of a queue that may hold tens of
-thousands of tasks, so filtering, sorting and limiting all happen in SQLite, and a row carries
-only what a list shows (no payload, no result: its tokens/s is computed in SQL).
+The console's Tasks view shows a page (a few hundred rows) of a queue that may hold a million
+tasks, so every read is bounded by an index and by what it returns (`keyset`): pages follow a
+cursor (never an OFFSET); the counts by state come from the counters; how many tasks a filter
+keeps is exact where the counters answer it (no filter, `state:`, `job:`), else counted in a
+bounded window and said so. Sorting by id or age walks an index; sorting by another column
+sorts the newest `window` tasks the filter's index gives. A row carries only what a list shows
+(no payload, no result: its tokens/s is computed in SQL).
 
 A filter is words, all of which must hold (AND): free text (matched in the id, kind, state,
 model, host, error, custom id and payload), `state:`, `kind:`, `job:` (exact; a comma gives a
@@ -14,11 +18,14 @@ from __future__ import annotations
 
 import shlex
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bitinglip_agent.protocol import KINDS, TaskState
 
+from bitinglip.control.queue import keyset
+from bitinglip.control.queue.keyset import WINDOW, Cursor, Tally, Terms
+from bitinglip.control.queue.views import WAIT_REASON, counts
 from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError
 
@@ -32,7 +39,6 @@ TOKENS_PER_S = (
     " json_extract(result, '$.usage.completion_tokens') / nullif(finished_at - started_at, 0))"
     " END"
 )
-NULLABLE = frozenset({"model", "host", "tokens_s"})
 _STATE_RANK = " ".join(f"WHEN '{s.value}' THEN {i}" for i, s in enumerate(TaskState))
 # column -> (SQL expression, descending by default)
 SORTS: dict[str, tuple[str, bool]] = {
@@ -43,7 +49,7 @@ SORTS: dict[str, tuple[str, bool]] = {
     "state": (f"CASE state {_STATE_RANK} END", False),
     "priority": ("priority", True),
     "attempt": ("attempt", True),
-    "age": ("created_at", True),  # youngest first
+    "age": ("id", True),  # youngest first: tasks are numbered as they are created
     "tokens_s": (TOKENS_PER_S, True),
 }
 # Free text: a case-insensitive (ASCII) substring of any of these columns.
@@ -51,8 +57,9 @@ _TEXT_COLUMNS = ("kind", "state", "model", "ran_on", "host", "error", "custom_id
 _TEXT = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in _TEXT_COLUMNS)
 _ROW_COLUMNS = (
     "id, kind, model, coalesce(ran_on, host), state, priority, attempt, max_attempts,"
-    f" created_at, job_id, {TOKENS_PER_S}, wait_reason"
+    f" created_at, job_id, {TOKENS_PER_S}, {WAIT_REASON}"
 )
+BY_ID = frozenset({"id", "age"})  # sorts an index answers; the others sort a window
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class TaskFilter:
     text: str
     condition: str
     args: tuple[Any, ...]
+    terms: Terms = field(default_factory=Terms)  # the same, split: indexes answer, the rest
 
     @property
     def where(self) -> str:
@@ -91,6 +99,12 @@ class TaskPage:
     rows: list[TaskRow]
     counts: dict[str, int]  # every task by state, whatever the filter
     matching: int  # tasks the filter keeps (all of them when there is none)
+    at_least: bool = False  # counting stopped at `matching`: there are more
+    counted_within: int | None = None  # `matching` counts the newest this-many tasks only
+    sorted_within: int | None = None  # the sort ordered the newest this-many tasks only
+    searched: int | None = None  # these rows were searched for in this many tasks only
+    next: Cursor | None = None  # read the page after this one (None: this is the last)
+    prev: Cursor | None = None  # read the page before this one (None: this is the first)
 
 
 def parse_filter(text: str) -> TaskFilter:
@@ -101,12 +115,48 @@ def parse_filter(text: str) -> TaskFilter:
         raise InputError(f"filter {text!r}: {exc}; close the quote") from None
     clauses: list[str] = []
     args: list[Any] = []
+    split = _Split()
     for word in words:
         negate = word.startswith("-") and len(word) > 1
         clause, values = _clause(word[1:] if negate else word)
         clauses.append(f"{'NOT ' if negate else ''}coalesce(({clause}), 0)")
         args.extend(values)
-    return TaskFilter(text, " AND ".join(clauses), tuple(args))
+        split.add(word[1:] if negate else word, negate, clauses[-1], values)
+    return TaskFilter(text, " AND ".join(clauses), tuple(args), split.terms())
+
+
+class _Split:
+    """The words of a filter sorted into sets of states, kinds and jobs (what an index can
+    answer: a negated state or kind is the set of the others) and the rest."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, set[Any] | None] = {"state": None, "kind": None, "job": None}
+        self.rest: list[str] = []
+        self.rest_args: list[Any] = []
+
+    def add(self, word: str, negate: bool, clause: str, values: list[Any]) -> None:
+        key, sep, _ = word.partition(":")
+        key = key.lower()
+        if sep and key in self.sets and values and not (negate and key == "job"):
+            everything: set[Any] = set(values)  # a job: only what is named
+            if key in ("state", "kind"):
+                everything = {s.value for s in TaskState} if key == "state" else set(KINDS)
+            old = self.sets[key]
+            current = everything if old is None else old
+            self.sets[key] = current - set(values) if negate else current & set(values)
+            return
+        self.rest.append(clause)
+        self.rest_args.extend(values)
+
+    def terms(self) -> Terms:
+        states, kinds, jobs = (self.sets[k] for k in ("state", "kind", "job"))
+        return Terms(
+            states=None if states is None else frozenset(states),
+            kinds=None if kinds is None else frozenset(str(k) for k in kinds),
+            jobs=None if jobs is None else frozenset(jobs),
+            rest=" AND ".join(self.rest),
+            rest_args=tuple(self.rest_args),
+        )
 
 
 def _clause(word: str) -> tuple[str, list[Any]]:
@@ -170,33 +220,68 @@ def page(
     sort: str = "id",
     descending: bool | None = None,
     limit: int = 200,
+    *,
+    after: Cursor | None = None,
+    before: Cursor | None = None,
+    window: int = WINDOW,
 ) -> TaskPage:
-    """The first `limit` tasks the filter keeps, in `sort` order (its natural direction unless
-    `descending` says), with counts, read in one snapshot."""
-    expression, natural = SORTS[sort]
-    direction = "DESC" if (natural if descending is None else descending) else "ASC"
-    nulls = " NULLS LAST" if sort in NULLABLE else ""
-    order = f"{expression} {direction}{nulls}, id DESC"
-    with store.read() as conn:
-        rows = conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM tasks {found.where} ORDER BY {order} LIMIT ?",
-            (*found.args, limit),
-        ).fetchall()
-        counts, matching = _counts(conn, found)
-    return TaskPage([TaskRow(*row) for row in rows], counts, matching)
-
-
-def _counts(conn: sqlite3.Connection, found: TaskFilter) -> tuple[dict[str, int], int]:
-    """Tasks by state, and how many the filter keeps: one pass over the table."""
-    keeps = f"total(CASE WHEN {found.condition} THEN 1 ELSE 0 END)" if found.condition else "0"
-    by_state = {
-        state: (int(n), int(kept))
-        for state, n, kept in conn.execute(
-            f"SELECT state, count(*), {keeps} FROM tasks GROUP BY state", found.args
+    """The `limit` tasks the filter keeps after `after` (or before `before`, or the first), in
+    `sort` order (its natural direction unless `descending` says), with counts, read in one
+    snapshot. No read looks at more than about `window` rows (see the module docstring)."""
+    down = SORTS[sort][1] if descending is None else descending
+    with store.read():
+        totals = counts(store)
+        stream = keyset.choose(
+            store.conn, found.terms, totals, lambda job: counts(store, job_id=job), window
         )
-    }
-    counts = {s.value: by_state.get(s.value, (0, 0))[0] for s in TaskState}
-    matching = (
-        sum(kept for _, kept in by_state.values()) if found.condition else sum(counts.values())
+        if stream is None:  # the filter contradicts itself (state:queued -state:queued)
+            return TaskPage([], totals, 0)
+        part = _read(store.conn, stream, sort, down, limit, after, before, window)
+        if before is not None and part.prev is None:  # back at the top: a full first page
+            part = _read(store.conn, stream, sort, down, limit, None, None, window)
+        sorted_within = part.window if sort not in BY_ID else None
+        tally = _matching(store, found.terms, stream, totals, window)
+    return TaskPage(
+        [TaskRow(*row[:12]) for row in part.rows],
+        totals,
+        tally.n,
+        at_least=tally.at_least,
+        counted_within=tally.within,
+        sorted_within=sorted_within,
+        searched=part.window if sort in BY_ID else None,
+        next=part.next,
+        prev=part.prev,
     )
-    return counts, matching
+
+
+def _read(
+    conn: sqlite3.Connection,
+    stream: keyset.Stream,
+    sort: str,
+    down: bool,
+    limit: int,
+    after: Cursor | None,
+    before: Cursor | None,
+    window: int,
+) -> keyset.Slice:
+    if sort in BY_ID:
+        return keyset.by_id(
+            conn, stream, _ROW_COLUMNS, descending=down, limit=limit, after=after,
+            before=before, window=window,
+        )  # fmt: skip
+    return keyset.by_value(
+        conn, stream, _ROW_COLUMNS, SORTS[sort][0], descending=down, limit=limit, after=after,
+        before=before, window=window,
+    )  # fmt: skip
+
+
+def _matching(
+    store: Store, terms: Terms, stream: keyset.Stream, totals: dict[str, int], window: int
+) -> Tally:
+    """Exact from the counters where they answer (no filter but states and one job), else
+    counted within `window` rows."""
+    if not terms.rest and terms.kinds is None and (terms.jobs is None or len(terms.jobs) == 1):
+        by_state = totals if terms.jobs is None else counts(store, job_id=next(iter(terms.jobs)))
+        states = terms.states if terms.states is not None else by_state.keys()
+        return Tally(sum(by_state.get(s, 0) for s in states))
+    return keyset.count(store.conn, stream, window)

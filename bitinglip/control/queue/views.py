@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bitinglip.control.queue import keyset
 from bitinglip.control.queue.tasks import TaskState
 from bitinglip.control.store.db import Store
 from bitinglip.errors import NotFoundError
@@ -79,6 +80,19 @@ def get_task(store: Store, task_id: int) -> Task:
     return Task.from_row(row)
 
 
+@dataclass(frozen=True)
+class TaskListing:
+    """A page of tasks, newest first: `next` (an id: list `after` it) reads the page after,
+    `prev` (list `before` it) the page before; None where there is none. `searched`: the
+    filter is not one index's alone, so this page looked at that many tasks only (the next
+    page goes on past them)."""
+
+    tasks: list[Task]
+    next: int | None
+    prev: int | None
+    searched: int | None = None
+
+
 def list_tasks(
     store: Store,
     *,
@@ -86,13 +100,53 @@ def list_tasks(
     job_id: int | None = None,
     kinds: Sequence[str] = (),
     limit: int = 50,
+    after: int | None = None,
+    before: int | None = None,
 ) -> list[Task]:
-    """Newest first; only tasks of `kinds` when given (e.g. the pulls: "pull", "remove")."""
-    where, args = _filters(state, job_id, kinds)
-    rows = store.conn.execute(
-        f"SELECT {_COLUMNS} FROM tasks {where} ORDER BY id DESC LIMIT ?", (*args, limit)
-    ).fetchall()
-    return [Task.from_row(r) for r in rows]
+    """Newest first; only tasks of `kinds` when given (e.g. the pulls: "pull", "remove");
+    the page after task `after` or before task `before` (see `list_page`)."""
+    return list_page(
+        store, state=state, job_id=job_id, kinds=kinds, limit=limit, after=after, before=before
+    ).tasks
+
+
+def list_page(
+    store: Store,
+    *,
+    state: TaskState | None = None,
+    job_id: int | None = None,
+    kinds: Sequence[str] = (),
+    limit: int = 50,
+    after: int | None = None,
+    before: int | None = None,
+    window: int = keyset.WINDOW,
+) -> TaskListing:
+    """A keyset page of tasks, newest first, read through the index that bounds it."""
+    terms = keyset.Terms(
+        states=None if state is None else frozenset({TaskState(state).value}),
+        kinds=frozenset(str(k) for k in kinds) if kinds else None,
+        jobs=None if job_id is None else frozenset({job_id}),
+    )
+    with store.read() as conn:
+        totals = counts(store)
+        stream = keyset.choose(conn, terms, totals, lambda job: counts(store, job_id=job), window)
+        if stream is None:
+            return TaskListing([], None, None)
+        part = keyset.by_id(
+            conn,
+            stream,
+            _COLUMNS,
+            limit=limit,
+            after=None if after is None else keyset.Cursor(after),
+            before=None if before is None else keyset.Cursor(before),
+            window=window,
+        )
+    return TaskListing(
+        [Task.from_row(row[:-2]) for row in part.rows],
+        None if part.next is None else part.next.id,
+        None if part.prev is None else part.prev.id,
+        part.window,
+    )
 
 
 def job_tasks(store: Store, job_id: int) -> list[Task]:
