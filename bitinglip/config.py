@@ -26,7 +26,8 @@ every name other code imports comes from here. The parts live beside it: `config
 (finding profiles), `config_tables.py` and `config_locator.py` (strict reads, `file:line`),
 `config_profile.py` (`Profile`), `config_control.py` (`[queue]`, `[[hosts]]`, `[models.*]`,
 `[hub]`), `config_serving.py` (`[serving]`, a model's runtime keys, durations),
-`config_sections.py` (`[keys]`, `[gateway]`) and `config_edit.py` (`hosts add/rm`).
+`config_sections.py` (`[keys]`, `[gateway]`), `config_retention.py` (`[retention]`) and
+`config_edit.py` (`hosts add/rm`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from bitinglip.config_files import (
 )
 from bitinglip.config_locator import format_key as format_key  # "X as X": re-exported
 from bitinglip.config_profile import DURABILITY, Profile
+from bitinglip.config_retention import RETENTION_KEYS, RetentionConfig, parse_retention
 from bitinglip.config_sections import DEFAULT_KEYS as DEFAULT_KEYS
 from bitinglip.config_sections import GATEWAY_KEYS, GatewayConfig, parse_gateway, parse_keys
 from bitinglip.config_serving import (
@@ -91,6 +93,7 @@ __all__ = [
     "Profile",
     "ProfileRef",
     "QueueConfig",
+    "RetentionConfig",
     "ServingConfig",
     "default_data_dir",
     "duration_seconds",
@@ -117,6 +120,7 @@ _TOP_KEYS = (
     "keys",
     "gateway",
     "serving",
+    "retention",
 )
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 
@@ -138,6 +142,10 @@ retry_backoff_max_s = 60.0
 placement = "model"
 scale_out_queue_depth = 4
 keep_alive = "5m"
+
+[retention]
+outputs = "7d"
+tasks = "30d"
 
 [[hosts]]
 name = "local"
@@ -219,6 +227,7 @@ def parse_profile(
         keys=parse_keys(top.table("keys")),
         gateway=parse_gateway(top.table("gateway", GATEWAY_KEYS)),
         serving=parse_serving(top.table("serving", SERVING_KEYS)),
+        retention=parse_retention(top.table("retention", RETENTION_KEYS)),
     )
 
 

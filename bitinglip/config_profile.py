@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bitinglip.config_control import HostConfig, ModelAlias, QueueConfig
+from bitinglip.config_retention import RetentionConfig
 from bitinglip.config_sections import DEFAULT_KEYS, GatewayConfig
 from bitinglip.config_serving import ServingConfig
 
@@ -40,6 +41,7 @@ class Profile:
     keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))  # console keys
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))
@@ -69,5 +71,6 @@ class Profile:
             "keys": dict(self.keys),
             "gateway": self.gateway.to_dict(),
             "serving": asdict(self.serving),
+            "retention": self.retention.to_dict(),
             "models": {alias: m.to_dict() for alias, m in self.models.items()},
         }
