@@ -179,9 +179,10 @@ class ControlPlane:
         """What is new about a task since `mark`: its row, events and output."""
         return follow_step(self.store, task_id, mark)
 
-    def queued_ahead(self, priority: int) -> int:
-        """Queued tasks at `priority` or above: the queue a new task of that priority joins."""
-        return task_views.queued_at_or_above(self.store, priority)
+    def queued_ahead(self, priority: int, cap: int | None = None) -> int:
+        """Queued tasks at `priority` or above: the queue a new task of that priority joins
+        (counted up to `cap` when given: the answer is then at least `cap`)."""
+        return task_views.queued_at_or_above(self.store, priority, cap)
 
     def watch_steps(self, marks: Mapping[int, WatchMark]) -> dict[int, WatchStep]:
         """What is new about each of many tasks since its mark (output, a restart, the end):

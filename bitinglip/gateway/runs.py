@@ -107,7 +107,7 @@ def _submit(
     bridge: Bridge, config: GatewayConfig, plane: ControlPlane, spec: TaskSpec, watch: Watch
 ) -> int:
     """In the bridge's thread: refuse when the interactive queue is full, else queue and watch."""
-    queued = plane.queued_ahead(config.priority)
+    queued = plane.queued_ahead(config.priority, cap=config.max_queued)
     if queued >= config.max_queued:
         raise ApiError(
             429,

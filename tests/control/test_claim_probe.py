@@ -40,9 +40,10 @@ def test_model_kinds_are_claimed_behind_an_echo_backlog_with_host_labels_and_mod
 
 def test_the_probe_of_model_kinds_reads_the_queued_model_index(profile: Profile) -> None:
     queue = _queue(profile)
-    where = "state = 'queued' AND run_after <= ? AND kind IN (?, ?)"
+    where = "state = 'queued' AND run_after <= ?"
     plan = queue.store.conn.execute(
-        f"EXPLAIN QUERY PLAN {_probe(('generate', 'unload'), where)}", (time.time(), "a", "b")
+        f"EXPLAIN QUERY PLAN {_probe(('generate', 'unload'), where)}",
+        ("generate", "unload", time.time()),
     ).fetchall()
     assert "tasks_queued_model" in str(plan)
     mixed = _probe(("echo", "generate"), where)  # echo names no model: every queued task

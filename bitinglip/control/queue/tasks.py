@@ -114,6 +114,8 @@ class TaskQueue:
         only when it is one of them.
         """
         kinds = tuple(kinds)
+        if not kinds:
+            return []
         now = self.clock()
         expires = now + (lease_s or self.config.lease_ttl_s)
         have = () if models is None else tuple(models)
@@ -125,18 +127,23 @@ class TaskQueue:
         )
         where = (
             "state = 'queued' AND run_after <= ?"
-            f" AND kind IN ({','.join('?' * len(kinds))})"
             " AND (host IS NULL OR host = ?) AND labels_match(labels, ?)"
             f"{only_models}"
         )
-        sql = (
-            "SELECT id, attempt, lease_token FROM tasks INDEXED BY tasks_ready"
-            f" WHERE {where} ORDER BY priority DESC, id LIMIT ?"
-        )
-        args = (now, *kinds, host, json.dumps(dict(labels or {})), *have, limit)
+        filters = (now, host, json.dumps(dict(labels or {})), *have)
         # A read first: an empty queue costs no write lock (submitters never wait on idle polls).
-        if not self.store.conn.execute(_probe(kinds, where), args[:-1]).fetchone():
+        if not self.store.conn.execute(_probe(kinds, where), (*kinds, *filters)).fetchone():
             return []
+        # Each kind's queue head through `tasks_ready` (kind, priority DESC, id), merged: a deep
+        # backlog of one kind is never walked by a claim of another.
+        heads = " UNION ALL ".join(
+            "SELECT * FROM (SELECT id, attempt, lease_token, priority FROM tasks"
+            f" INDEXED BY tasks_ready WHERE kind = ? AND {where} ORDER BY priority DESC, id"
+            " LIMIT ?)"
+            for _ in kinds
+        )
+        sql = f"SELECT id, attempt, lease_token FROM ({heads}) ORDER BY priority DESC, id LIMIT ?"
+        args = [a for kind in kinds for a in (kind, *filters, limit)] + [limit]
         with self.store.write() as conn:
             picked = conn.execute(sql, args).fetchall()
             if not picked:
@@ -151,7 +158,7 @@ class TaskQueue:
                 R,
                 now,
                 "lease_owner = ?, lease_expires_at = ?, lease_token = lease_token + 1,"
-                " started_at = ?, ran_on = ?, wait_reason = NULL",
+                " started_at = ?, ran_on = ?",
                 (owner, expires, now, host),
                 detail=f"claimed by {owner}",
             )
@@ -316,10 +323,12 @@ class TaskQueue:
         with self.store.write() as conn:
             for task_id in ids:
                 row = conn.execute(
-                    "SELECT state, attempt FROM tasks WHERE id = ?", (task_id,)
+                    "SELECT state, attempt, pruned_at FROM tasks WHERE id = ?", (task_id,)
                 ).fetchone()
                 if row is None:
                     outcome[task_id] = "not found"
+                elif row[2] is not None:  # retention cleared its payload: nothing to run
+                    outcome[task_id] = "cannot retry: retention pruned its payload"
                 elif (TaskState(row[0]), Q) in MOVES and row[0] != R:
                     transition(
                         conn,
@@ -348,10 +357,10 @@ class TaskQueue:
     def next_due(self, kinds: Iterable[str] = KINDS) -> float | None:
         """When the next queued task of these kinds waiting on a backoff becomes ready."""
         kinds = tuple(kinds)
-        row = self.store.conn.execute(
-            "SELECT min(run_after) FROM tasks WHERE state = 'queued' AND run_after > ?"
-            f" AND kind IN ({','.join('?' * len(kinds))})",
-            (self.clock(), *kinds),
+        row = self.store.conn.execute(  # per kind through `tasks_due` (kind, run_after)
+            "SELECT min(run_after) FROM tasks INDEXED BY tasks_due WHERE state = 'queued'"
+            f" AND kind IN ({','.join('?' * len(kinds))}) AND run_after > ?",
+            (*kinds, self.clock()),
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
@@ -365,12 +374,13 @@ def _probe(kinds: tuple[str, ...], where: str) -> str:
     """The read before a claim: whether any task matches `where`. For kinds that always name a
     model it reads `tasks_queued_model`, so a backlog of light tasks (echo, which name none) is
     not walked on every claim of model work that finds nothing."""
+    marks = ",".join("?" * len(kinds))
     if NAMED_KINDS.issuperset(kinds):
         return (
             "SELECT 1 FROM tasks INDEXED BY tasks_queued_model"
-            f" WHERE model IS NOT NULL AND {where} LIMIT 1"
+            f" WHERE model IS NOT NULL AND kind IN ({marks}) AND {where} LIMIT 1"
         )
-    return f"SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE {where} LIMIT 1"
+    return f"SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE kind IN ({marks}) AND {where} LIMIT 1"
 
 
 __all__ = [

@@ -1,5 +1,6 @@
 """The queue's usage, for /metrics: tasks per state, the queued tasks split at a priority, and
-the tokens of succeeded tasks (in all, and those finished recently).
+the tokens of succeeded tasks (in all, and those finished recently). Every figure is a counter
+the triggers keep or an indexed read bounded by what it counts, never a count over the table.
 
 `usage` runs its statements on the store's connection and opens no transaction: called inside
 one (`Store.read`), its numbers agree with each other and with whatever else that read sees.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bitinglip.control.queue.views import counts
+from bitinglip.control.queue.views import counts, queued_at_or_above
 from bitinglip.control.store.db import Store
 
 
@@ -31,28 +32,19 @@ def usage(store: Store, priority: int, since: float) -> QueueUsage:
     """The queue split at `priority`, with the completion tokens of tasks finished at or after
     `since` (this machine's clock)."""
     conn = store.conn
-    queued = dict(
-        conn.execute(
-            "SELECT priority >= ?, count(*) FROM tasks WHERE state = 'queued'"
-            " GROUP BY priority >= ?",
-            (priority, priority),
-        ).fetchall()
-    )
-    prompt, completion = conn.execute(
-        "SELECT coalesce(sum(result->>'$.usage.prompt_tokens'), 0),"
-        " coalesce(sum(result->>'$.usage.completion_tokens'), 0)"
-        " FROM tasks WHERE state = 'succeeded'"
-    ).fetchone()
-    (recent,) = conn.execute(
+    found = counts(store)
+    interactive = queued_at_or_above(store, priority)  # bounded by the interactive tasks
+    totals = dict(conn.execute("SELECT name, n FROM queue_totals").fetchall())
+    (recent,) = conn.execute(  # bounded by the tasks finished in the window
         "SELECT coalesce(sum(result->>'$.usage.completion_tokens'), 0) FROM tasks"
-        " WHERE state = 'succeeded' AND finished_at >= ?",
+        " INDEXED BY tasks_finished WHERE finished_at >= ? AND state = 'succeeded'",
         (since,),
     ).fetchone()
     return QueueUsage(
-        counts=counts(store),
-        interactive=int(queued.get(1, 0)),
-        batch=int(queued.get(0, 0)),
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        recent_completion_tokens=recent,
+        counts=found,
+        interactive=interactive,
+        batch=found["queued"] - interactive,
+        prompt_tokens=int(totals.get("prompt_tokens", 0)),
+        completion_tokens=int(totals.get("completion_tokens", 0)),
+        recent_completion_tokens=int(recent),
     )

@@ -10,15 +10,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bitinglip.control.queue import keyset
-from bitinglip.control.queue.tasks import TaskState
+from bitinglip.control.queue.tasks import KINDS, TaskState
 from bitinglip.control.store.db import Store
 from bitinglip.errors import NotFoundError
 
+# Why a queued task waits: its placement group's reason (`wait_reasons`, one row per group).
+WAIT_REASON = (
+    "(SELECT reason FROM wait_reasons w WHERE tasks.state = 'queued' AND w.model = tasks.model"
+    " AND w.host = coalesce(tasks.host, '') AND w.labels = coalesce(tasks.labels, ''))"
+)
 _COLUMNS = (
     "id, kind, state, priority, payload, model, host, labels, idempotency_key, job_id, line_no,"
     " custom_id, attempt, max_attempts, retry_on_error, run_after, lease_owner, lease_token,"
     " lease_expires_at, ran_on, cancel_requested, result, error, error_kind, created_at,"
-    " started_at, finished_at, progress, wait_reason"
+    f" started_at, finished_at, progress, {WAIT_REASON}"
 )
 
 
@@ -158,20 +163,32 @@ def job_tasks(store: Store, job_id: int) -> list[Task]:
 
 
 def counts(store: Store, *, job_id: int | None = None) -> dict[str, int]:
-    """Tasks per state, every state present (zero when none)."""
-    where, args = _filters(None, job_id)
-    found = dict(
-        store.conn.execute(f"SELECT state, count(*) FROM tasks {where} GROUP BY state", args)
-    )
+    """Tasks per state, every state present (zero when none): the counters the triggers keep
+    (`task_counts`, `job_counts`), never a count of rows."""
+    if job_id is None:
+        rows = store.conn.execute("SELECT state, n FROM task_counts")
+    else:
+        rows = store.conn.execute("SELECT state, n FROM job_counts WHERE job_id = ?", (job_id,))
+    found = dict(rows.fetchall())
     return {s.value: int(found.get(s.value, 0)) for s in TaskState}
 
 
-def queued_at_or_above(store: Store, priority: int) -> int:
-    """How many queued tasks have `priority` or more."""
+def queued_at_or_above(store: Store, priority: int, cap: int | None = None) -> int:
+    """How many queued tasks have `priority` or more, read per kind through `tasks_ready`
+    (bounded by the tasks counted); with `cap`, counting stops there (the answer is then at
+    least `cap`)."""
+    if priority <= _LOWEST and cap is None:
+        return counts(store)[TaskState.QUEUED]
+    limit = -1 if cap is None else cap
     (found,) = store.conn.execute(
-        "SELECT count(*) FROM tasks WHERE state = 'queued' AND priority >= ?", (priority,)
+        "SELECT count(*) FROM (SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE state = 'queued'"
+        f" AND kind IN ({', '.join('?' * len(KINDS))}) AND priority >= ? LIMIT ?)",
+        (*KINDS, priority, limit),
     ).fetchone()
     return int(found)
+
+
+_LOWEST = -(2**63)
 
 
 def events(store: Store, task_id: int) -> list[dict[str, Any]]:

@@ -1,10 +1,11 @@
 """What placement reads and writes of the queue: the queued demand for each model, and why
 queued model tasks wait (`tasks.wait_reason`).
 
-Demand is read through `tasks_queued_model`, a partial index over the queued tasks that name a
-model, grouped by (model, host, labels): placement decides per model and honours a task's host
-and labels. Reasons are written per group in one transaction, and only where they change; a claim
-clears its task's reason (`TaskQueue.claim`).
+Demand is read from `queued_groups`, the counts of queued tasks that name a model per (model,
+kind, host, labels) that the triggers keep: one row per group, whatever the backlog (a task
+waiting out a backoff counts too). Placement decides per model and honours a task's host and
+labels. A reason is one row per group (`wait_reasons`), written in one transaction and only
+where it changes; a task shows its group's reason while it is queued (`views.WAIT_REASON`).
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ class Demand:
 
 
 def demand(store: Store, kinds: Iterable[str], now: float) -> list[Demand]:
-    """The queued tasks of `kinds` that name a model and may run at `now`, grouped."""
+    """The queued tasks of `kinds` that name a model, grouped (`now` is kept for callers: the
+    counters include tasks waiting out a backoff)."""
+    del now
     kinds = tuple(kinds)
     rows = store.conn.execute(
-        "SELECT model, host, labels, count(*), max(id) FROM tasks INDEXED BY tasks_queued_model"
-        " WHERE state = 'queued' AND model IS NOT NULL AND run_after <= ?"
-        f" AND kind IN ({','.join('?' * len(kinds))}) GROUP BY model, host, labels",
-        (now, *kinds),
+        "SELECT model, nullif(host, ''), nullif(labels, ''), sum(n), max(newest)"
+        f" FROM queued_groups WHERE kind IN ({','.join('?' * len(kinds))}) AND n > 0"
+        " GROUP BY model, host, labels",
+        kinds,
     ).fetchall()
     return [Demand(m, h, lab, int(n), int(newest)) for m, h, lab, n, newest in rows]
 
@@ -52,10 +55,9 @@ Reason = tuple[str | None, str, str | None, str | None]  # (reason or None, mode
 
 
 def set_reasons(store: Store, reasons: Sequence[Reason], now: float | None = None) -> int:
-    """Set (or clear, with None) the wait reason of each group's queued tasks, in one
-    transaction; rows that already say it are not written. Where the reason says the model
-    cannot be placed at all (`UNPLACEABLE`), the group's tasks that asked not to wait fail at
-    once (`endings.fail_immediate`); returns how many did."""
+    """Set (or clear, with None) each group's wait reason, in one transaction. Where the reason
+    says the model cannot be placed at all (`UNPLACEABLE`), the group's tasks that asked not to
+    wait fail at once (`endings.fail_immediate`); returns how many did."""
     if not reasons:
         return 0
     failed, now = 0, time.time() if now is None else now
@@ -63,20 +65,32 @@ def set_reasons(store: Store, reasons: Sequence[Reason], now: float | None = Non
         for reason, model, host, labels in reasons:
             if reason is not None and reason.startswith(UNPLACEABLE):
                 failed += fail_immediate(conn, (model, host, labels), now, reason)
+        keys = [(m, h or "", lab or "", r) for r, m, h, lab in reasons]
         conn.executemany(
-            "UPDATE tasks SET wait_reason = ?1 WHERE state = 'queued' AND model = ?2"
-            " AND host IS ?3 AND labels IS ?4 AND wait_reason IS NOT ?1",
-            reasons,
+            "DELETE FROM wait_reasons WHERE model = ? AND host = ? AND labels = ?",
+            [k[:3] for k in keys if k[3] is None],
+        )
+        conn.executemany(
+            "INSERT INTO wait_reasons (model, host, labels, reason) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (model, host, labels) DO UPDATE SET reason = excluded.reason",
+            [k for k in keys if k[3] is not None],
         )
     return failed
 
 
+def clear_reasons(store: Store) -> None:
+    """Forget every reason (a controller starting over: it writes them afresh)."""
+    store.write_one("DELETE FROM wait_reasons", ())
+
+
 class Written:
-    """The wait reasons written so far, per group: a group's is written again only where it
-    changed or the group has tasks it was not written for."""
+    """The wait reasons written so far, per group, so that a group's row is written only where
+    its reason changed, and again for an `UNPLACEABLE` one when tasks joined the group (those
+    that asked not to wait fail). The first write clears what an earlier controller left."""
 
     def __init__(self) -> None:
-        self._written: dict[tuple[str, str | None, str | None], tuple[str | None, int, int]] = {}
+        self._written: dict[tuple[str, str | None, str | None], tuple[str, int]] = {}
+        self._fresh = True
 
     def write(
         self,
@@ -85,22 +99,29 @@ class Written:
         reasons: Mapping[tuple[str, str | None, str | None], str | None],
         now: float,
     ) -> int:
-        """Write the groups' reasons where needed (`set_reasons`); forget groups gone."""
+        """Write the groups' reasons where needed (`set_reasons`); clear those of groups gone."""
+        if self._fresh:
+            clear_reasons(store)
+            self._fresh = False
         batch: list[Reason] = []
         for group in groups:
             reason = reasons.get(group.key)
             if self._changed(group, reason):
                 batch.append((reason, group.model, group.host, group.labels))
-                self._written[group.key] = (reason, group.newest, group.queued)
+                if reason is None:
+                    del self._written[group.key]
+                else:
+                    self._written[group.key] = (reason, group.newest)
         live = {g.key for g in groups}
         for key in [k for k in self._written if k not in live]:
+            batch.append((None, *key))
             del self._written[key]
         return set_reasons(store, batch, now)
 
     def _changed(self, group: Demand, reason: str | None) -> bool:
         before = self._written.get(group.key)
-        if before is None:
-            return reason is not None
+        if before is None or reason is None:
+            return before is not None or reason is not None
         if before[0] != reason:
             return True
-        return reason is not None and (group.newest > before[1] or group.queued > before[2])
+        return reason.startswith(UNPLACEABLE) and group.newest > before[1]

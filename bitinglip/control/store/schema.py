@@ -172,6 +172,124 @@ PLACEMENT = (
 # registered before (and until a header is read).
 MODEL_FACTS = ("ALTER TABLE models ADD COLUMN facts TEXT",)
 
+# Depth: costs bounded by the work a query returns, not by how many tasks are queued or stored.
+# - `tasks_ready` per kind: a claim reads each kind's queue head (`TaskQueue.claim`), so a deep
+#   backlog of one kind is not walked by the claims of another; `tasks_due` finds the next task
+#   waiting out a backoff; `tasks_state` lists by state, `tasks_finished` finds what retention
+#   prunes and the tokens of a recent window, `tasks_pulls` lists the pulls.
+# - Counters kept by triggers in the transaction of every insert, state change and delete of a
+#   task, so the console, `status`, `/health` and `/metrics` never count rows: `task_counts` per
+#   state, `job_counts` per job and state, `queue_totals` the prompt and completion tokens of every
+#   task that ever succeeded (monotonic: pruning rows does not lower them), and `queued_groups`
+#   the queued tasks that name a model per (model, kind, host, labels) with the newest id
+#   (placement's demand; '' stands for no host or no labels, so the key has no NULLs).
+# - `wait_reasons`: why a placement group waits, one row per group instead of one per task (a
+#   reason changing no longer rewrites a million rows); `tasks.wait_reason` is no longer written.
+_STATES = "('queued'), ('running'), ('succeeded'), ('failed'), ('canceled'), ('dead')"
+_GROUP = "coalesce(NEW.host, ''), coalesce(NEW.labels, '')"
+_OLD_GROUP = "model = OLD.model AND kind = OLD.kind AND host = coalesce(OLD.host, '')" + (
+    " AND labels = coalesce(OLD.labels, '')"
+)
+DEPTH = (
+    "DROP INDEX tasks_ready",
+    "CREATE INDEX tasks_ready ON tasks (kind, priority DESC, id) WHERE state = 'queued'",
+    "CREATE INDEX tasks_due ON tasks (kind, run_after) WHERE state = 'queued'",
+    "CREATE INDEX tasks_state ON tasks (state, id)",
+    "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE INDEX tasks_pulls ON tasks (id) WHERE kind IN ('pull', 'remove')",
+    "CREATE TABLE task_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    f"INSERT INTO task_counts (state, n) SELECT column1, 0 FROM (VALUES {_STATES})",
+    "UPDATE task_counts SET n = (SELECT count(*) FROM tasks WHERE state = task_counts.state)",
+    """CREATE TABLE job_counts (
+        job_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (job_id, state)
+    ) WITHOUT ROWID""",
+    "INSERT INTO job_counts (job_id, state, n) SELECT job_id, state, count(*) FROM tasks"
+    " WHERE job_id IS NOT NULL GROUP BY job_id, state",
+    "CREATE TABLE queue_totals (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT INTO queue_totals (name, n) SELECT 'prompt_tokens',"
+    " coalesce(sum(result->>'$.usage.prompt_tokens'), 0) FROM tasks WHERE state = 'succeeded'",
+    "INSERT INTO queue_totals (name, n) SELECT 'completion_tokens',"
+    " coalesce(sum(result->>'$.usage.completion_tokens'), 0) FROM tasks"
+    " WHERE state = 'succeeded'",
+    """CREATE TABLE queued_groups (
+        model TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        host TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        newest INTEGER NOT NULL,
+        PRIMARY KEY (model, kind, host, labels)
+    ) WITHOUT ROWID""",
+    "INSERT INTO queued_groups (model, kind, host, labels, n, newest) SELECT model, kind,"
+    " coalesce(host, ''), coalesce(labels, ''), count(*), max(id) FROM tasks"
+    " WHERE state = 'queued' AND model IS NOT NULL GROUP BY 1, 2, 3, 4",
+    """CREATE TABLE wait_reasons (
+        model TEXT NOT NULL,
+        host TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (model, host, labels)
+    ) WITHOUT ROWID""",
+    "UPDATE tasks SET wait_reason = NULL WHERE state = 'queued' AND wait_reason IS NOT NULL",
+    """CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
+        UPDATE task_counts SET n = n + 1 WHERE state = NEW.state;
+    END""",
+    """CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
+        UPDATE task_counts SET n = n - 1 WHERE state = OLD.state;
+    END""",
+    """CREATE TRIGGER tasks_count_move AFTER UPDATE OF state ON tasks
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        UPDATE task_counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE task_counts SET n = n + 1 WHERE state = NEW.state;
+    END""",
+    """CREATE TRIGGER tasks_job_insert AFTER INSERT ON tasks WHEN NEW.job_id IS NOT NULL BEGIN
+        INSERT INTO job_counts (job_id, state, n) VALUES (NEW.job_id, NEW.state, 1)
+        ON CONFLICT (job_id, state) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER tasks_job_delete AFTER DELETE ON tasks WHEN OLD.job_id IS NOT NULL BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE job_id = OLD.job_id AND state = OLD.state;
+    END""",
+    """CREATE TRIGGER tasks_job_move AFTER UPDATE OF state ON tasks
+    WHEN OLD.state IS NOT NEW.state AND NEW.job_id IS NOT NULL BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE job_id = OLD.job_id AND state = OLD.state;
+        INSERT INTO job_counts (job_id, state, n) VALUES (NEW.job_id, NEW.state, 1)
+        ON CONFLICT (job_id, state) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER tasks_tokens AFTER UPDATE OF state ON tasks
+    WHEN NEW.state = 'succeeded' AND OLD.state IS NOT 'succeeded' AND NEW.result IS NOT NULL
+    BEGIN
+        UPDATE queue_totals SET n = n + coalesce(NEW.result->>'$.usage.prompt_tokens', 0)
+        WHERE name = 'prompt_tokens';
+        UPDATE queue_totals SET n = n + coalesce(NEW.result->>'$.usage.completion_tokens', 0)
+        WHERE name = 'completion_tokens';
+    END""",
+    f"""CREATE TRIGGER tasks_group_insert AFTER INSERT ON tasks
+    WHEN NEW.state = 'queued' AND NEW.model IS NOT NULL BEGIN
+        INSERT INTO queued_groups (model, kind, host, labels, n, newest)
+        VALUES (NEW.model, NEW.kind, {_GROUP}, 1, NEW.id)
+        ON CONFLICT (model, kind, host, labels) DO UPDATE SET n = n + 1,
+        newest = max(newest, excluded.newest);
+    END""",
+    f"""CREATE TRIGGER tasks_group_delete AFTER DELETE ON tasks
+    WHEN OLD.state = 'queued' AND OLD.model IS NOT NULL BEGIN
+        UPDATE queued_groups SET n = n - 1 WHERE {_OLD_GROUP};
+    END""",
+    f"""CREATE TRIGGER tasks_group_leave AFTER UPDATE OF state ON tasks
+    WHEN OLD.state = 'queued' AND NEW.state IS NOT 'queued' AND OLD.model IS NOT NULL BEGIN
+        UPDATE queued_groups SET n = n - 1 WHERE {_OLD_GROUP};
+    END""",
+    f"""CREATE TRIGGER tasks_group_enter AFTER UPDATE OF state ON tasks
+    WHEN NEW.state = 'queued' AND OLD.state IS NOT 'queued' AND NEW.model IS NOT NULL BEGIN
+        INSERT INTO queued_groups (model, kind, host, labels, n, newest)
+        VALUES (NEW.model, NEW.kind, {_GROUP}, 1, NEW.id)
+        ON CONFLICT (model, kind, host, labels) DO UPDATE SET n = n + 1,
+        newest = max(newest, excluded.newest);
+    END""",
+)
+
 # (name, statements) in order; the position is the migration's number.
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("initial", INITIAL),
@@ -179,4 +297,5 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", MODELS),
     ("placement", PLACEMENT),
     ("model_facts", MODEL_FACTS),
+    ("depth", DEPTH),
 )
