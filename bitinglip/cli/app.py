@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from bitinglip import __version__
 from bitinglip.cli import (
     bench,
     console,
+    db,
     hosts,
     infer,
     jobs,
@@ -49,8 +49,7 @@ app.command("run")(infer.run)
 app.command("chat")(infer.chat)
 app.command("serve")(serve.serve)
 app.command("ps")(ps.ps)
-db_app = typer.Typer(help="The state database.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+app.add_typer(db.app, name="db")
 
 
 @app.callback(invoke_without_command=True)
@@ -142,17 +141,6 @@ def status(
         typer.echo(f"controller  {holder['owner']} (pid {holder['pid']} on {holder['hostname']})")
     typer.echo(f"hosts       {', '.join(info['hosts']) or '(none)'}")
     table(["state", "tasks"], list(info["tasks"].items()))
-
-
-@db_app.command("backup")
-def db_backup(
-    ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="File to write the copy to (replaced atomically).")],
-) -> None:
-    """Copy the state database with SQLite's online backup API (safe while it is in use)."""
-    with plane_of(ctx) as plane:
-        plane.backup(path)
-    note(f"bitinglip: backed up {plane.profile.db_path} to {path}")
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ from bitinglip.control.models.registry import CopyState
 from bitinglip.control.models.registry import hub_file as hub_file_of_row
 from bitinglip.control.models.settings import parse_duration
 from bitinglip.control.plane import ControlPlane, open_control_plane, use_hub_token
+from bitinglip.control.plane_db import DbDesk, PruneReport
 from bitinglip.control.plane_fleet import (
     LOADED_COLUMNS,
     FleetDesk,
@@ -71,6 +72,7 @@ from bitinglip.control.queue.jobs import Job
 from bitinglip.control.queue.keyset import WINDOW as TASK_WINDOW
 from bitinglip.control.queue.keyset import Cursor
 from bitinglip.control.queue.pace import JobPace
+from bitinglip.control.queue.retention import Pruned
 from bitinglip.control.queue.tasks import KINDS, TERMINAL, TaskKind, TaskSpec, TaskState
 from bitinglip.control.queue.usage import QueueUsage
 from bitinglip.control.queue.views import Task, TaskListing
@@ -80,6 +82,7 @@ from bitinglip.control.runtime.loop import ControlLoop
 from bitinglip.control.store.atomic_file import write_lines
 from bitinglip.control.store.data_dir import ensure as ensure_private_dir
 from bitinglip.control.store.data_dir import open_private
+from bitinglip.control.store.space import DbStats, TableSpace
 
 if TYPE_CHECKING:  # their modules load asyncssh: imported on first use (`__getattr__`)
     from bitinglip.control.fleet.checks import CheckReport, HostKey
@@ -116,6 +119,8 @@ __all__ = [
     "ControllerInfo",
     "CopyState",
     "Cursor",
+    "DbDesk",
+    "DbStats",
     "Device",
     "Fit",
     "FleetDesk",
@@ -137,10 +142,13 @@ __all__ = [
     "ModelDesk",
     "Need",
     "PlaneMetrics",
+    "PruneReport",
+    "Pruned",
     "QueueUsage",
     "Replicas",
     "RepoSummary",
     "SetupReport",
+    "TableSpace",
     "Task",
     "TaskFilter",
     "TaskKind",

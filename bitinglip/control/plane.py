@@ -22,6 +22,7 @@ from typing import Any
 from bitinglip_agent.protocol import MODEL_KINDS, SERVE_KINDS
 
 from bitinglip.config import Profile
+from bitinglip.control.plane_db import DbDesk
 from bitinglip.control.plane_fleet import FleetDesk
 from bitinglip.control.plane_metrics import PlaneMetrics, read_metrics
 from bitinglip.control.plane_models import ModelDesk
@@ -50,6 +51,7 @@ class ControlPlane:
         self.queue = TaskQueue(store, profile.queue, on_submit=self._ring)
         self.models = ModelDesk(profile, store, self.queue)
         self.fleet = FleetDesk(profile, store)
+        self.db = DbDesk(profile, store)
         self.loop: ControlLoop | None = None
 
     def close(self) -> None:

@@ -62,8 +62,13 @@ class Job:
     counts: dict[str, int]
 
     @property
+    def deleted(self) -> int:
+        """Tasks whose rows retention deleted (they had all finished)."""
+        return max(self.total - sum(self.counts.values()), 0)
+
+    @property
     def done(self) -> int:
-        return sum(
+        return self.deleted + sum(
             n for s, n in self.counts.items() if s not in (TaskState.QUEUED, TaskState.RUNNING)
         )
 
@@ -75,6 +80,7 @@ class Job:
             "format": self.format,
             "total": self.total,
             "done": self.done,
+            "deleted": self.deleted,
             "created_at": self.created_at,
             "counts": self.counts,
         }
@@ -241,14 +247,64 @@ def list_jobs(store: Store, limit: int = 50) -> list[Job]:
 
 
 def export_lines(store: Store, job_id: int) -> Iterator[str]:
-    """One JSON line per task of the job, in input order, in the job's format."""
+    """One JSON line per input line of the job, in input order, in the job's format. A task
+    whose outputs retention pruned is a `pruned` error on its line; tasks whose rows it
+    deleted are one `pruned` error line each at the end (their line numbers went with them).
+    A job with no row left is a NotFoundError, before any line."""
     job = get_job(store, job_id)
+    if job.deleted and job.deleted == job.total:
+        raise NotFoundError(
+            f"job {job_id}: all {job.total} of its tasks were deleted by retention"
+            " (`[retention] tasks` in the profile); nothing is left to export"
+        )
+    return _export(store, job)
+
+
+def _export(store: Store, job: Job) -> Iterator[str]:
     render = _openai_line if job.format == "openai" else _native_line
-    for task in job_tasks(store, job_id):
+    for task in job_tasks(store, job.id):
         yield json.dumps(render(task), ensure_ascii=False)
+    deleted = json.dumps(_deleted_line(job), ensure_ascii=False)
+    for _ in range(job.deleted):
+        yield deleted
+
+
+def _pruned_message(task: Task) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(task.pruned_at or 0))
+    return (
+        f"task {task.id}'s result was pruned by retention on {when} (`[retention] outputs` in"
+        " the profile); submit the line again to get it"
+    )
+
+
+def _deleted_line(job: Job) -> dict[str, Any]:
+    message = (
+        f"{job.deleted} of job {job.id}'s tasks were deleted by retention (`[retention] tasks`"
+        " in the profile), with their lines and ids; submit them again to get their results"
+    )
+    if job.format == "openai":
+        return {
+            "id": None,
+            "custom_id": None,
+            "response": None,
+            "error": {"code": "pruned", "message": message},
+        }
+    return {
+        "id": None,
+        "line": None,
+        "task_id": None,
+        "kind": None,
+        "state": None,
+        "attempt": None,
+        "result": None,
+        "error": message,
+        "error_kind": "pruned",
+        "pruned_at": None,
+    }
 
 
 def _native_line(task: Task) -> dict[str, Any]:
+    lost = task.pruned_at is not None and task.state == TaskState.SUCCEEDED
     return {
         "id": task.custom_id,
         "line": task.line_no,
@@ -257,8 +313,9 @@ def _native_line(task: Task) -> dict[str, Any]:
         "state": task.state.value,
         "attempt": task.attempt,
         "result": task.result,
-        "error": task.error,
-        "error_kind": task.error_kind,
+        "error": _pruned_message(task) if lost else task.error,
+        "error_kind": "pruned" if lost else task.error_kind,
+        "pruned_at": task.pruned_at,
     }
 
 
@@ -270,7 +327,9 @@ def _openai_line(task: Task) -> dict[str, Any]:
         "response": None,
         "error": None,
     }
-    if task.state == TaskState.SUCCEEDED:
+    if task.state == TaskState.SUCCEEDED and task.pruned_at is not None:
+        line["error"] = {"code": "pruned", "message": _pruned_message(task)}
+    elif task.state == TaskState.SUCCEEDED:
         body = openai_body(task)
         line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
     elif task.state in (TaskState.QUEUED, TaskState.RUNNING):

@@ -23,7 +23,7 @@ _COLUMNS = (
     "id, kind, state, priority, payload, model, host, labels, idempotency_key, job_id, line_no,"
     " custom_id, attempt, max_attempts, retry_on_error, run_after, lease_owner, lease_token,"
     " lease_expires_at, ran_on, cancel_requested, result, error, error_kind, created_at,"
-    f" started_at, finished_at, progress, {WAIT_REASON}"
+    f" started_at, finished_at, progress, {WAIT_REASON}, pruned_at"
 )
 
 
@@ -60,6 +60,8 @@ class Task:
     # Why a queued model task is not running yet (placement's word: `waiting: pulling to gpu2
     # (43%)`, `fits nowhere: ...`); None once claimed, or when nothing holds it back.
     wait_reason: str | None = None
+    # When retention pruned its outputs, events, result and payload (None: it has them).
+    pruned_at: float | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Task:

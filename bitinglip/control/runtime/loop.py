@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from bitinglip_agent.protocol import LIGHT_KINDS, MODEL_KINDS, SERVE_KINDS, TaskKind
 
 from bitinglip.config import Profile
+from bitinglip.control.queue.retention import RetentionTurns
 from bitinglip.control.queue.tasks import TaskQueue
 from bitinglip.control.runtime import controller
 from bitinglip.control.runtime.dispatcher import Dispatcher
@@ -42,6 +43,7 @@ class _Timers:
     renew_at: float = 0.0
     reap_at: float = 0.0
     checkpoint_at: float = 0.0
+    prune_at: float = 0.0
     written: tuple[int, int] = (-1, -1)
 
 
@@ -60,6 +62,7 @@ class ControlLoop:
         self.failure: BitinglipError | None = None  # why `run()` gave up, if it did
         self.ended = threading.Event()  # set once `run()` has returned or raised
         self.dispatcher: Dispatcher | None = None
+        self.retention: RetentionTurns | None = None  # pruning as `[retention]` says
         if profile.hosts:
             self.dispatcher = Dispatcher(profile, self.owner, self.doorbell.ring)
 
@@ -113,6 +116,7 @@ class ControlLoop:
 
     def _serve(self, store: Store, queue: TaskQueue, on_state: Callable[[str], None]) -> None:
         timers = _Timers()
+        self.retention = RetentionTurns(store, self.profile.retention)
         while not self._stop.is_set():
             try:
                 self._turn(store, queue, on_state, timers)
@@ -147,8 +151,10 @@ class ControlLoop:
         if now >= timers.reap_at:  # after the work: results received in time are stored first
             queue.reap()
             timers.reap_at = now + self.profile.queue.reaper_interval_s
+        if not busy and now >= timers.prune_at and self.retention is not None:
+            timers.prune_at = now + self.retention.turn()  # a batch, never before a claim
         if not busy:
-            self._sleep(queue, min(timers.renew_at, timers.reap_at))
+            self._sleep(queue, min(timers.renew_at, timers.reap_at, timers.prune_at))
 
     def _work(self, queue: TaskQueue) -> bool:
         if self.dispatcher is None:

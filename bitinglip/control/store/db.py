@@ -239,6 +239,9 @@ def _create(path: Path, durability: str) -> None:
     try:
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
+            # Before the first table: free pages can then be given back to the file system
+            # (`PRAGMA incremental_vacuum`, after retention prunes: store/space.py).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute("PRAGMA journal_mode = WAL")
             _migrate(conn)

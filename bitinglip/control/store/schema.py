@@ -290,6 +290,19 @@ DEPTH = (
     END""",
 )
 
+# Retention (`queue/retention.py`): `tasks.pruned_at` is when a finished task's outputs (result,
+# output chunks, events) and payload were pruned, so readers tell "pruned" from "no result";
+# `retention_marks` keeps how far the outputs walk over `tasks_finished` has gone (the last
+# (finished_at, id) pruned), so a restarted controller does not walk the pruned rows again.
+RETENTION = (
+    "ALTER TABLE tasks ADD COLUMN pruned_at REAL",
+    """CREATE TABLE retention_marks (
+        name TEXT PRIMARY KEY,
+        finished_at REAL NOT NULL,
+        task_id INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
 # (name, statements) in order; the position is the migration's number.
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("initial", INITIAL),
@@ -298,4 +311,5 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("placement", PLACEMENT),
     ("model_facts", MODEL_FACTS),
     ("depth", DEPTH),
+    ("retention", RETENTION),
 )
