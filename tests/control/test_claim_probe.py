@@ -42,9 +42,9 @@ def test_the_probe_of_model_kinds_reads_the_queued_model_index(profile: Profile)
     queue = _queue(profile)
     where = "state = 'queued' AND run_after <= ?"
     plan = queue.store.conn.execute(
-        f"EXPLAIN QUERY PLAN {_probe(('generate', 'unload'), where)}",
+        f"EXPLAIN QUERY PLAN {_probe(('generate', 'unload'), where)[0]}",
         ("generate", "unload", time.time()),
     ).fetchall()
     assert "tasks_queued_model" in str(plan)
-    mixed = _probe(("echo", "generate"), where)  # echo names no model: every queued task
+    mixed, _ = _probe(("echo", "generate"), where)  # echo names no model: every queued task
     assert "tasks_ready" in mixed and "tasks_queued_model" not in mixed

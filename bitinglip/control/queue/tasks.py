@@ -132,18 +132,27 @@ class TaskQueue:
         )
         filters = (now, host, json.dumps(dict(labels or {})), *have)
         # A read first: an empty queue costs no write lock (submitters never wait on idle polls).
-        if not self.store.conn.execute(_probe(kinds, where), (*kinds, *filters)).fetchone():
+        seek = have if models is not None and not paths else None
+        if seek == () and NAMED_KINDS.issuperset(kinds):
+            return []  # kinds that always name a model, and no model to take
+        probe, probe_args = _probe(kinds, where, seek)
+        if not self.store.conn.execute(probe, (*probe_args, *filters)).fetchone():
             return []
         # Each kind's queue head through `tasks_ready` (kind, priority DESC, id), merged: a deep
-        # backlog of one kind is never walked by a claim of another.
-        heads = " UNION ALL ".join(
+        # backlog of one kind is never walked by a claim of another. Kinds that always name a
+        # model, claimed for some models, read each (model, kind) head of `tasks_queued_model`.
+        if seek is not None and NAMED_KINDS.issuperset(kinds):
+            heads = [(k, m) for k in kinds for m in seek]
+            head = "INDEXED BY tasks_queued_model WHERE kind = ? AND model = ?"
+        else:
+            heads, head = [(k,) for k in kinds], "INDEXED BY tasks_ready WHERE kind = ?"
+        union = " UNION ALL ".join(
             "SELECT * FROM (SELECT id, attempt, lease_token, priority FROM tasks"
-            f" INDEXED BY tasks_ready WHERE kind = ? AND {where} ORDER BY priority DESC, id"
-            " LIMIT ?)"
-            for _ in kinds
+            f" {head} AND {where} ORDER BY priority DESC, id LIMIT ?)"
+            for _ in heads
         )
-        sql = f"SELECT id, attempt, lease_token FROM ({heads}) ORDER BY priority DESC, id LIMIT ?"
-        args = [a for kind in kinds for a in (kind, *filters, limit)] + [limit]
+        sql = f"SELECT id, attempt, lease_token FROM ({union}) ORDER BY priority DESC, id LIMIT ?"
+        args = [a for key in heads for a in (*key, *filters, limit)] + [limit]
         with self.store.write() as conn:
             picked = conn.execute(sql, args).fetchall()
             if not picked:
@@ -370,17 +379,25 @@ class TaskQueue:
 NAMED_KINDS = frozenset((*MODEL_KINDS, *SERVE_KINDS))
 
 
-def _probe(kinds: tuple[str, ...], where: str) -> str:
-    """The read before a claim: whether any task matches `where`. For kinds that always name a
-    model it reads `tasks_queued_model`, so a backlog of light tasks (echo, which name none) is
-    not walked on every claim of model work that finds nothing."""
+def _probe(
+    kinds: tuple[str, ...], where: str, models: tuple[str, ...] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The read before a claim (whether any task matches `where`) and its leading arguments.
+    For kinds that always name a model it reads `tasks_queued_model` (model, kind, ...), so a
+    backlog of light tasks (echo, which name none) is not walked on every claim of model work
+    that finds nothing; with `models`, it seeks each of them there, so the backlog of models
+    this claim does not take is not walked either."""
     marks = ",".join("?" * len(kinds))
     if NAMED_KINDS.issuperset(kinds):
+        named = "model IS NOT NULL"
+        if models is not None:
+            named += f" AND model IN ({','.join('?' * len(models))})"
         return (
             "SELECT 1 FROM tasks INDEXED BY tasks_queued_model"
-            f" WHERE model IS NOT NULL AND kind IN ({marks}) AND {where} LIMIT 1"
-        )
-    return f"SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE kind IN ({marks}) AND {where} LIMIT 1"
+            f" WHERE {named} AND kind IN ({marks}) AND {where} LIMIT 1"
+        ), (*(models or ()), *kinds)
+    sql = f"SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE kind IN ({marks}) AND {where} LIMIT 1"
+    return sql, kinds
 
 
 __all__ = [

@@ -174,7 +174,8 @@ MODEL_FACTS = ("ALTER TABLE models ADD COLUMN facts TEXT",)
 
 # Depth: costs bounded by the work a query returns, not by how many tasks are queued or stored.
 # - `tasks_ready` per kind: a claim reads each kind's queue head (`TaskQueue.claim`), so a deep
-#   backlog of one kind is not walked by the claims of another; `tasks_due` finds the next task
+#   backlog of one kind is not walked by the claims of another, and `tasks_queued_model` per
+#   model and kind, so a claim of some models does not walk the others; `tasks_due` finds the next task
 #   waiting out a backoff; `tasks_state` lists by state, `tasks_finished` finds what retention
 #   prunes and the tokens of a recent window, `tasks_pulls` lists the pulls.
 # - Counters kept by triggers in the transaction of every insert, state change and delete of a
@@ -194,6 +195,9 @@ DEPTH = (
     "DROP INDEX tasks_ready",
     "CREATE INDEX tasks_ready ON tasks (kind, priority DESC, id) WHERE state = 'queued'",
     "CREATE INDEX tasks_due ON tasks (kind, run_after) WHERE state = 'queued'",
+    "DROP INDEX tasks_queued_model",
+    "CREATE INDEX tasks_queued_model ON tasks (model, kind, priority DESC, id)"
+    " WHERE state = 'queued' AND model IS NOT NULL",
     "CREATE INDEX tasks_state ON tasks (state, id)",
     "CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE INDEX tasks_pulls ON tasks (id) WHERE kind IN ('pull', 'remove')",
