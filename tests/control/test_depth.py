@@ -29,8 +29,8 @@ ALL_KINDS = ("echo", "generate", "chat", "embed", "load", "unload", "pull", "rem
 
 
 def _fill(queue: TaskQueue, n: int) -> None:
-    """`n` queued echo tasks, `n` queued generate tasks of two models (all of m0 first), a job of `n` lines,
-    and `n` finished tasks with token usage."""
+    """`n` queued echo tasks, `n` queued generate tasks of two models (all of m0 first), a job
+    of `n` lines, and `n` finished tasks with token usage."""
     conn = queue.store.conn
     with queue.store.write():
         conn.execute(
