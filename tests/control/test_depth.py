@@ -18,6 +18,7 @@ import pytest
 from bitinglip.config import Profile
 from bitinglip.control.queue import views as task_views
 from bitinglip.control.queue import waiting
+from bitinglip.control.queue.pace import job_paces
 from bitinglip.control.queue.tasks import TaskQueue, TaskSpec
 from bitinglip.control.queue.usage import usage
 from bitinglip.control.store.db import open_store
@@ -93,6 +94,7 @@ def _operations(queue: TaskQueue) -> dict[str, Callable[[], Any]]:
         "usage (/metrics)": lambda: usage(store, 5, NOW - 60),
         "the queue ahead, capped (gateway)": lambda: task_views.queued_at_or_above(store, 0, 64),
         "placement's demand": lambda: waiting.demand(store, MODEL_KINDS, 0.0),
+        "a job's pace (Jobs view)": lambda: job_paces(store, [1]),
     }
 
 
@@ -126,6 +128,7 @@ def costs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, int], dic
         "usage (/metrics)",
         "the queue ahead, capped (gateway)",
         "placement's demand",
+        "a job's pace (Jobs view)",
     ],
 )
 def test_per_step_work_does_not_grow_with_the_backlog(
@@ -153,6 +156,12 @@ def test_the_counters_equal_the_rows_after_every_kind_of_move(profile: Profile) 
     queue.release([(claims[3].task_id, claims[3].token)])
     queue.cancel([claims[4].task_id])
     queue.retry([claims[1].task_id])
+    (pace,) = job_paces(queue.store, [1]).values()
+    first, last = conn.execute(
+        "SELECT min(started_at), max(finished_at) FROM tasks WHERE job_id = 1"
+    ).fetchone()
+    # The last finish is kept when a retry clears it from its row (and when rows are pruned).
+    assert pace.first_started_at == first and pace.last_finished_at >= last
     with queue.store.write():
         conn.execute("DELETE FROM task_events WHERE task_id = ?", (claims[0].task_id,))
         conn.execute("DELETE FROM tasks WHERE id = ?", (claims[0].task_id,))

@@ -307,6 +307,26 @@ RETENTION = (
     ) WITHOUT ROWID""",
 )
 
+# A job's pace without reading its tasks: when its first task started and its last one finished,
+# kept by triggers as its tasks move (`queue/pace.py`; the Jobs view reads it every second).
+JOB_PACE = (
+    "ALTER TABLE jobs ADD COLUMN first_started_at REAL",
+    "ALTER TABLE jobs ADD COLUMN last_finished_at REAL",
+    "UPDATE jobs SET first_started_at = (SELECT min(started_at) FROM tasks WHERE job_id = jobs.id),"
+    " last_finished_at = (SELECT max(finished_at) FROM tasks WHERE job_id = jobs.id)",
+    """CREATE TRIGGER tasks_job_started AFTER UPDATE OF state ON tasks
+    WHEN NEW.state = 'running' AND NEW.job_id IS NOT NULL BEGIN
+        UPDATE jobs SET first_started_at = NEW.started_at WHERE id = NEW.job_id
+        AND (first_started_at IS NULL OR first_started_at > NEW.started_at);
+    END""",
+    """CREATE TRIGGER tasks_job_finished AFTER UPDATE OF state ON tasks
+    WHEN NEW.finished_at IS NOT NULL AND NEW.job_id IS NOT NULL AND OLD.state IS NOT NEW.state
+    BEGIN
+        UPDATE jobs SET last_finished_at = NEW.finished_at WHERE id = NEW.job_id
+        AND (last_finished_at IS NULL OR last_finished_at < NEW.finished_at);
+    END""",
+)
+
 # (name, statements) in order; the position is the migration's number.
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("initial", INITIAL),
@@ -316,4 +336,5 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model_facts", MODEL_FACTS),
     ("depth", DEPTH),
     ("retention", RETENTION),
+    ("job_pace", JOB_PACE),
 )
