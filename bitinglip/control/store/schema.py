@@ -175,9 +175,9 @@ MODEL_FACTS = ("ALTER TABLE models ADD COLUMN facts TEXT",)
 # Depth: costs bounded by the work a query returns, not by how many tasks are queued or stored.
 # - `tasks_ready` per kind: a claim reads each kind's queue head (`TaskQueue.claim`), so a deep
 #   backlog of one kind is not walked by the claims of another, and `tasks_queued_model` per
-#   model and kind, so a claim of some models does not walk the others; `tasks_due` finds the next task
-#   waiting out a backoff; `tasks_state` lists by state, `tasks_finished` finds what retention
-#   prunes and the tokens of a recent window, `tasks_pulls` lists the pulls.
+#   model and kind, so a claim of some models does not walk the others; `tasks_due` finds the
+#   next task waiting out a backoff; `tasks_state` lists by state, `tasks_finished` finds what
+#   retention prunes and the tokens of a recent window, `tasks_pulls` lists the pulls.
 # - Counters kept by triggers in the transaction of every insert, state change and delete of a
 #   task, so the console, `status`, `/health` and `/metrics` never count rows: `task_counts` per
 #   state, `job_counts` per job and state, `queue_totals` the prompt and completion tokens of every
