@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,14 +28,56 @@ def submit(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every line, then queue them all as one job (nothing is queued if a line is bad)."""
+    """Check every line, then queue them all as one job (nothing is queued if a line is bad).
+
+    The file is read one line at a time (memory stays flat however long it is); progress goes
+    to stderr while it is read."""
+    progress = _Progress(path)
     with plane_of(ctx) as plane:
-        job = plane.submit_job(path, name)
+        try:
+            job = plane.submit_job(path, name, progress=progress)
+        finally:
+            progress.clear()
     if as_json:
         emit_json(job.to_dict())
     else:
         typer.echo(job.id)
         note(f"bitinglip: job {job.id}: {job.total} {job.format} tasks queued from {path}")
+
+
+class _Progress:
+    """How far the check of a file has read, on stderr, once the submit has run a while: redrawn
+    in place on a terminal (a few times a second), else a line every PROGRESS_EVERY_S; then
+    "queueing" while the checked lines are copied into the queue."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, lines: int, done: int, size: int) -> None:
+        now = time.monotonic()
+        end = done >= size  # read through: the copy into the queue is what remains
+        due = now - self.last >= (REDRAW_S if self.tty else PROGRESS_EVERY_S)
+        if not (due or (end and self.shown)):
+            return
+        self.last = now
+        share = f"{done * 100 // size}%" if size else "?"
+        what = "queueing" if end else "checking"
+        line = f"bitinglip: {what} {self.path}: {share}, {lines:,} lines, {now - self.start:.0f}s"
+        sys.stderr.write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.tty and self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+REDRAW_S = 0.2
+PROGRESS_EVERY_S = 5.0
 
 
 @app.command("ls")

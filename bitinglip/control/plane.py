@@ -31,6 +31,7 @@ from bitinglip.control.queue import jobs
 from bitinglip.control.queue import views as task_views
 from bitinglip.control.queue.filter import TaskFilter, TaskPage
 from bitinglip.control.queue.follow import FollowMark, FollowStep, follow_step
+from bitinglip.control.queue.job_file import JobFile
 from bitinglip.control.queue.keyset import WINDOW, Cursor
 from bitinglip.control.queue.pace import JobPace, job_paces
 from bitinglip.control.queue.tasks import TERMINAL, TaskQueue, TaskSpec, TaskState
@@ -74,12 +75,25 @@ class ControlPlane:
         names: dict[str, str] = {}
         return self.queue.submit_many([self._checked(spec, names=names) for spec in specs])
 
-    def submit_job(self, path: Path, name: str | None = None) -> jobs.Job:
-        """Check the whole file, then queue all of its lines in one transaction."""
-        fmt, specs = jobs.parse_jsonl(path)
+    def submit_job(
+        self,
+        path: Path,
+        name: str | None = None,
+        progress: Callable[[int, int, int], None] | None = None,
+    ) -> jobs.Job:
+        """Check the file line by line into a staging file (no lock, constant memory), then
+        queue all of its lines in one transaction; a bad line queues nothing. `progress` is
+        called with (lines, bytes read, file size) as the check goes, and once at its end."""
         names: dict[str, str] = {}  # each model name is resolved once for the whole file
-        specs = [self._checked(s, where=f"{path}:{s.line_no}", names=names) for s in specs]
-        job_id, _ = self.queue.submit_job(name or path.name, str(path.resolve()), fmt, specs)
+
+        def check(model: str | None, host: str | None, where: str) -> str | None:
+            return self._checked(TaskSpec("echo", model=model, host=host), where, names).model
+
+        file = JobFile(path, check, progress)
+        with self.queue.intake.stage_job(str(path)) as stage:
+            stage.add_all(file.rows())
+            assert file.format is not None  # rows() refuses a file without a task
+            job_id = stage.queue(name or path.name, str(path.resolve()), file.format)
         return jobs.get_job(self.store, job_id)
 
     def cancel(self, ids: Sequence[int]) -> dict[int, str]:

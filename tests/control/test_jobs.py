@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bitinglip.control.plane import ControlPlane
-from bitinglip.control.queue import jobs
+from bitinglip.control.queue.job_file import ROW, JobFile
 from bitinglip.control.queue.tasks import TaskSpec, TaskState
 from bitinglip.errors import InputError
 from tests.conftest import NOWHERE
@@ -33,7 +33,12 @@ OPENAI_CHAT: dict[str, Any] = {
 }
 
 
-def test_native_lines_become_specs(tmp_path: Path) -> None:
+def rows(file: JobFile) -> list[dict[str, Any]]:
+    """The file's rows by column name."""
+    return [dict(zip(ROW, row, strict=True)) for row in file.rows()]
+
+
+def test_native_lines_become_rows(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         {"kind": "echo", "payload": {"x": 1}, "id": "a"},
@@ -41,30 +46,32 @@ def test_native_lines_become_specs(tmp_path: Path) -> None:
         {"kind": "generate", "model": "m", "prompt": "p", "max_tokens": 4, "seed": 1},
         {"kind": "chat", "model": "m", "messages": [{"role": "user", "content": "c"}]},
     )
-    fmt, specs = jobs.parse_jsonl(path)
-    assert fmt == "bitinglip"
-    assert [(s.kind, s.line_no, s.custom_id) for s in specs] == [
+    file = JobFile(path)
+    found = rows(file)
+    assert file.format == "bitinglip"
+    assert [(r["kind"], r["line_no"], r["custom_id"]) for r in found] == [
         ("echo", 1, "a"),
         ("generate", 3, None),
         ("chat", 4, None),
     ]
-    assert specs[1].payload == {"prompt": "p", "max_tokens": 4, "seed": 1}
+    assert found[1]["payload"] == {"prompt": "p", "max_tokens": 4, "seed": 1}
 
 
-def test_openai_batch_lines_become_specs(tmp_path: Path) -> None:
+def test_openai_batch_lines_become_rows(tmp_path: Path) -> None:
     emb = {
         "custom_id": "e",
         "method": "POST",
         "url": "/v1/embeddings",
         "body": {"model": "m", "input": ["a", "b"]},
     }
-    fmt, specs = jobs.parse_jsonl(write(tmp_path, OPENAI_CHAT, emb))
-    assert fmt == "openai"
-    assert [(s.kind, s.model, s.custom_id) for s in specs] == [
+    file = JobFile(write(tmp_path, OPENAI_CHAT, emb))
+    found = rows(file)
+    assert file.format == "openai"
+    assert [(r["kind"], r["model"], r["custom_id"]) for r in found] == [
         ("chat", "gemma-3-270m", "req-1"),
         ("embed", "m", "e"),
     ]
-    assert specs[0].payload["max_tokens"] == 8 and "model" not in specs[0].payload
+    assert found[0]["payload"]["max_tokens"] == 8 and "model" not in found[0]["payload"]
 
 
 @pytest.mark.parametrize(
@@ -87,6 +94,10 @@ def test_openai_batch_lines_become_specs(tmp_path: Path) -> None:
             "needs custom_id",
         ),
         ([json.dumps({**OPENAI_CHAT, "body": {"messages": []}})], ":1:", "'model' is required"),
+        (['{"kind": "echo", "max_attempts": 0}'], ":1:", "max_attempts must be at least 1"),
+        (['{"kind": "echo"}', '{"kind": "echo", "payload": {"x": NaN}}'], ":2:", "NaN is not"),
+        (['{"kind": "echo", "payload": {"x": 1e999}}'], ":1:", "a number out of range"),
+        (['{"kind": "echo", "payload": {"immediate": "yes"}}'], ":1:", "payload immediate"),
     ],
 )
 def test_bad_lines_name_their_line_and_queue_nothing(
@@ -196,9 +207,9 @@ def test_a_file_with_a_non_work_line_is_refused_whole(
 
 def test_an_openai_body_carries_only_what_a_run_reads(tmp_path: Path) -> None:
     body = {**OPENAI_CHAT["body"], "dest": "/x", "url": "http://attacker.invalid/", "n": 2}
-    _, (spec,) = jobs.parse_jsonl(write(tmp_path, {**OPENAI_CHAT, "body": body}))
-    assert spec.kind == "chat"
-    assert dict(spec.payload) == {"messages": body["messages"], "max_tokens": 8}
+    (row,) = rows(JobFile(write(tmp_path, {**OPENAI_CHAT, "body": body})))
+    assert row["kind"] == "chat"
+    assert row["payload"] == {"messages": body["messages"], "max_tokens": 8}
 
 
 def test_the_queue_refuses_a_job_of_other_kinds(plane: ControlPlane) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from bitinglip_agent.protocol import JOB_KINDS, KINDS, MODEL_KINDS, SERVE_KINDS, TaskKind
 
 from bitinglip.config import QueueConfig
+from bitinglip.control.queue.job_stage import JobStage
 from bitinglip.control.store.db import Store
 from bitinglip.errors import InputError
 
@@ -45,19 +46,25 @@ class TaskSpec:
             raise InputError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.kind in (*MODEL_KINDS, *SERVE_KINDS) and not self.model:
             raise InputError(f"a {self.kind} task needs a model; pass --model NAME")
-        immediate = self.payload.get("immediate") if self.payload else None
-        if immediate is not None and not isinstance(immediate, bool):
-            raise InputError(f"payload immediate must be true or false, not {immediate!r}")
-        keep_alive = self.payload.get("keep_alive_s") if self.payload else None
-        if keep_alive is not None and (
-            isinstance(keep_alive, bool)
-            or not isinstance(keep_alive, int | float)
-            or not math.isfinite(keep_alive)
-        ):
-            raise InputError(
-                f"payload keep_alive_s must be a number of seconds (-1 forever, 0 unload at "
-                f"once), not {keep_alive!r}"
-            )
+        if self.payload:
+            check_payload(self.payload)
+
+
+def check_payload(payload: Mapping[str, Any]) -> None:
+    """The payload keys the control plane itself reads (`immediate`, `keep_alive_s`)."""
+    immediate = payload.get("immediate")
+    if immediate is not None and not isinstance(immediate, bool):
+        raise InputError(f"payload immediate must be true or false, not {immediate!r}")
+    keep_alive = payload.get("keep_alive_s")
+    if keep_alive is not None and (
+        isinstance(keep_alive, bool)
+        or not isinstance(keep_alive, int | float)
+        or not math.isfinite(keep_alive)
+    ):
+        raise InputError(
+            f"payload keep_alive_s must be a number of seconds (-1 forever, 0 unload at "
+            f"once), not {keep_alive!r}"
+        )
 
 
 compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -113,6 +120,10 @@ class TaskIntake:
         if self.on_submit is not None:
             self.on_submit()
         return ids
+
+    def stage_job(self, where: str) -> JobStage:
+        """A staging file for one job file's rows (`where`: the file, for errors)."""
+        return JobStage(self.store, self.config.max_attempts, self.clock, self.on_submit, where)
 
     def submit_job(
         self, name: str, source: str | None, fmt: str, specs: Sequence[TaskSpec]
