@@ -211,6 +211,12 @@ def show(
     typer.echo(f"{'payload':<18} {json.dumps(task.payload, ensure_ascii=False)}")
     if task.result is not None:
         typer.echo(f"{'result':<18} {json.dumps(task.result, ensure_ascii=False)}")
+    if task.pruned_at is not None:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(task.pruned_at))
+        typer.echo(
+            f"{'pruned':<18} {when}: retention removed its payload, result, events and output"
+            " ([retention] outputs in the profile)"
+        )
     typer.echo("events:")
     for e in events:
         stamp = time.strftime("%H:%M:%S", time.localtime(e["at"]))

@@ -43,6 +43,8 @@ def test_prune_dry_run_then_prune_with_the_profiles_retention(cli: Cli) -> None:
     assert cli.counts()["succeeded"] == 709
     shown = cli.json("tasks", "show", str(made["outputs"][0]))
     assert shown["result"] is None and shown["pruned_at"] is not None
+    said = cli.ok("tasks", "show", str(made["outputs"][0])).stdout
+    assert "retention removed its payload, result, events and output" in said
     text = cli.ok("db", "prune")
     assert text.stdout.startswith("prune the outputs of 0 tasks and delete 0 tasks")
     assert "gave back" in text.stdout

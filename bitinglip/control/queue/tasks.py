@@ -141,6 +141,7 @@ class TaskQueue:
         # Each kind's queue head through `tasks_ready` (kind, priority DESC, id), merged: a deep
         # backlog of one kind is never walked by a claim of another. Kinds that always name a
         # model, claimed for some models, read each (model, kind) head of `tasks_queued_model`.
+        heads: list[tuple[str, ...]]
         if seek is not None and NAMED_KINDS.issuperset(kinds):
             heads = [(k, m) for k in kinds for m in seek]
             head = "INDEXED BY tasks_queued_model WHERE kind = ? AND model = ?"
