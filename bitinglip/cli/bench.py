@@ -217,6 +217,28 @@ def tui(
         raise typer.Exit(1)
 
 
+@app.command("growth")
+def growth(
+    ctx: typer.Context,
+    small: Annotated[int, typer.Option(min=100, help="Tasks at the small size.")] = 10_000,
+    large: Annotated[int, typer.Option(min=100, help="Tasks at the large size.")] = 1_000_000,
+    drain: Annotated[int, typer.Option(min=10, help="Echo tasks timed end to end.")] = 5_000,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per median.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON object.")] = False,
+) -> None:
+    """Cost as the queue and the history grow: end to end, the Tasks view, status, /health,
+    jobs submit and the database after a prune, at --small and --large tasks (several minutes
+    and ~3 GB of temporary disk at a million)."""
+    from bitinglip.bench import growth as bench_growth
+
+    result = bench_growth.run(
+        profile_of(ctx), small, large, drain, samples, progress=lambda s: note(f"bench growth {s}")
+    )
+    _print(result, as_json)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 FLEET_COLUMNS = (
     "host",
     "status",
