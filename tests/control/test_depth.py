@@ -182,3 +182,15 @@ def test_the_counters_equal_the_rows_after_every_kind_of_move(profile: Profile) 
     assert groups == queued
     totals = dict(conn.execute("SELECT name, n FROM queue_totals"))
     assert totals == {"prompt_tokens": 5, "completion_tokens": 7}  # kept after the row went
+
+
+def test_a_jobs_tasks_are_read_by_pages_in_line_order(profile: Profile) -> None:
+    queue = TaskQueue(open_store(profile.db_path), profile.queue)
+    queue.store.conn.execute(
+        "INSERT INTO jobs (id, name, source, format, total, created_at)"
+        " VALUES (1, 'j', NULL, 'bitinglip', 50, 0)"
+    )
+    lines = [n * 2 + 1 for n in range(50)]  # blank lines between them
+    queue.submit_many([TaskSpec(kind="echo", payload={"n": n}, job_id=1, line_no=n) for n in lines])
+    assert [t.line_no for t in task_views.job_tasks(queue.store, 1, page=7)] == lines
+    assert [t.line_no for t in task_views.job_tasks(queue.store, 1, page=50)] == lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -156,12 +156,22 @@ def list_page(
     )
 
 
-def job_tasks(store: Store, job_id: int) -> list[Task]:
-    """A job's tasks in the order of the lines they came from."""
-    rows = store.conn.execute(
-        f"SELECT {_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY line_no", (job_id,)
-    ).fetchall()
-    return [Task.from_row(r) for r in rows]
+def job_tasks(store: Store, job_id: int, page: int = 1_000) -> Iterator[Task]:
+    """A job's tasks in the order of the lines they came from (tasks without a line number
+    first, by id), read by keyset pages of `page` rows through `tasks_job` (job_id, line_no):
+    memory does not grow with the job."""
+    for where, order in (("line_no IS NULL AND id > ?", "id"), ("line_no > ?", "line_no")):
+        after = -1
+        while True:
+            rows = store.conn.execute(
+                f"SELECT {_COLUMNS}, {order} FROM tasks INDEXED BY tasks_job WHERE job_id = ?"
+                f" AND {where} ORDER BY {order} LIMIT ?",
+                (job_id, after, page),
+            ).fetchall()
+            yield from (Task.from_row(row[:-1]) for row in rows)
+            if len(rows) < page:
+                break
+            after = rows[-1][-1]
 
 
 def counts(store: Store, *, job_id: int | None = None) -> dict[str, int]:
