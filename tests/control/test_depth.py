@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bitinglip.config import Profile
+from bitinglip.control.fleet.views import recent_tasks
 from bitinglip.control.queue import views as task_views
 from bitinglip.control.queue import waiting
 from bitinglip.control.queue.pace import job_paces
@@ -95,6 +96,7 @@ def _operations(queue: TaskQueue) -> dict[str, Callable[[], Any]]:
         "the queue ahead, capped (gateway)": lambda: task_views.queued_at_or_above(store, 0, 64),
         "placement's demand": lambda: waiting.demand(store, MODEL_KINDS, 0.0),
         "a job's pace (Jobs view)": lambda: job_paces(store, [1]),
+        "a host's recent tasks (its screen)": lambda: recent_tasks(store, "idle", window=500),
     }
 
 
@@ -129,6 +131,7 @@ def costs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, int], dic
         "the queue ahead, capped (gateway)",
         "placement's demand",
         "a job's pace (Jobs view)",
+        "a host's recent tasks (its screen)",
     ],
 )
 def test_per_step_work_does_not_grow_with_the_backlog(

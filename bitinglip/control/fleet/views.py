@@ -12,6 +12,7 @@ from bitinglip.control.models import registry
 from bitinglip.control.store.db import Store
 
 RECENT_TASKS = 20
+RECENT_WINDOW = 10_000  # the newest tasks a host's recent tasks are looked for among
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,17 @@ def latest_snapshot(store: Store, host: str) -> dict[str, Any] | None:
     return None if row is None else dict(json.loads(row[0]))
 
 
-def recent_tasks(store: Store, host: str, limit: int = RECENT_TASKS) -> list[HostTask]:
-    """The newest tasks that run or ran on `host`, or are pinned to it; newest first."""
+def recent_tasks(
+    store: Store, host: str, limit: int = RECENT_TASKS, window: int = RECENT_WINDOW
+) -> list[HostTask]:
+    """The newest tasks that run or ran on `host`, or are pinned to it, among the newest
+    `window` tasks (a host that ran nothing lately costs a walk of those, not of the table);
+    newest first."""
     rows = store.conn.execute(
         "SELECT id, kind, state, model, attempt, created_at, finished_at, error FROM tasks"
-        " WHERE ran_on = ?1 OR host = ?1 ORDER BY id DESC LIMIT ?2",
-        (host, limit),
+        " WHERE id > (SELECT coalesce(max(id), 0) FROM tasks) - ?3 AND (ran_on = ?1 OR host = ?1)"
+        " ORDER BY id DESC LIMIT ?2",
+        (host, limit, window),
     ).fetchall()
     return [HostTask(*row) for row in rows]
 
