@@ -9,7 +9,7 @@ same run, on temporary databases, and compared:
   median of `samples`; `status_ms` and `health_ms`: `bitinglip status`'s and the gateway's
   `/health` snapshot, medians;
 - `jobs_submit_lines_per_s` and `jobs_submit_peak_rss_mb`: `bitinglip jobs submit` of an N-line
-  echo file, a real subprocess (its peak RSS from `wait4`);
+  echo file, a real subprocess (its peak RSS from `wait4` in a small wrapper process);
 - `prune_size_ratio`: the database file (with its WAL) after pruning the outputs of N finished
   tasks shaped like 256-token generations (`growth_fill`), over its size before.
 
@@ -164,11 +164,11 @@ def _jobs_submit(data_dir: Path, n: int) -> dict[str, Any]:
     command = [sys.executable, "-m", "bitinglip", "--data-dir", str(data_dir / "state")]
     command += ["jobs", "submit", str(path), "--json"]
     out_path, err_path = data_dir / "stdout", data_dir / "stderr"
-    with out_path.open("wb") as stdout, err_path.open("wb") as stderr:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
+    # Through a small wrapper process: a child forked from this (large) process would report
+    # this process's RSS as its peak; the wrapper's child starts from the wrapper's.
+    wrapper = [sys.executable, "-c", _WAIT4, json.dumps(command), str(out_path), str(err_path)]
+    measured = json.loads(subprocess.run(wrapper, capture_output=True, check=True).stdout)
+    status, elapsed = measured["status"], measured["elapsed"]
     if os.waitstatus_to_exitcode(status) != 0:
         said = err_path.read_text(errors="replace").strip().splitlines()
         raise RuntimeError(f"jobs submit failed: {said[-1] if said else status}")
@@ -177,8 +177,20 @@ def _jobs_submit(data_dir: Path, n: int) -> dict[str, Any]:
         raise RuntimeError(f"jobs submit queued {total} of {n} lines")
     return {
         "jobs_submit_lines_per_s": round(n / elapsed),
-        "jobs_submit_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "jobs_submit_peak_rss_mb": round(measured["maxrss_kb"] / 1024, 1),
     }
+
+
+_WAIT4 = """
+import json, os, subprocess, sys, time
+command, out, err = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+with open(out, "wb") as stdout, open(err, "wb") as stderr:
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+print(json.dumps({"status": status, "elapsed": elapsed, "maxrss_kb": usage.ru_maxrss}))
+"""
 
 
 def _prune(profile: Profile, data_dir: Path) -> dict[str, Any]:
