@@ -180,6 +180,8 @@ class ConsoleApp(App[int]):
         self.show_view(name)
 
     def _tick(self) -> None:
+        if not self.screen_stack:  # a tick that fires while the app shuts down
+            return
         self.paint_header()
         if self.backend.role != "controller":
             self._refresh_holder()
