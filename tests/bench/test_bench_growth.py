@@ -4,13 +4,8 @@ verdict, and the prune really giving space back."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
-
-from tests.cli.conftest import Cli, hermetic_env
+from tests.cli.conftest import Cli
 
 PER_SIZE = (
     "e2e_per_s",
@@ -21,16 +16,6 @@ PER_SIZE = (
     "jobs_submit_peak_rss_mb",
     "prune_size_ratio",
 )
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for key, value in hermetic_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in os.environ if k.startswith("BITINGLIP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    return Cli(CliRunner(), tmp_path / "data", tmp_path)
 
 
 def test_bench_growth_measures_both_sizes_against_the_targets(cli: Cli) -> None:

@@ -4,13 +4,11 @@ against llama_cpp.server, parallel against one; every figure measured by the run
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.cli.conftest import Cli, hermetic_env
+from tests.cli.conftest import Cli
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +23,12 @@ RATIOS = (
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_model: Path) -> Cli:
-    for key, value in hermetic_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in os.environ if k.startswith("BITINGLIP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    models = tmp_path / "data" / "models"
+def cli(cli: Cli, demo_model: Path) -> Cli:
+    """The benchmarks' CLI with the demo model under its alias, already assembled."""
+    models = cli.data_dir / "models"
     models.mkdir(parents=True)
-    (models / "gemma-3-270m.gguf").symlink_to(demo_model)  # the alias, already assembled
-    return Cli(CliRunner(), tmp_path / "data", tmp_path)
+    (models / "gemma-3-270m.gguf").symlink_to(demo_model)
+    return cli
 
 
 def test_bench_serve_measures_placement_the_peer_and_batching(cli: Cli) -> None:

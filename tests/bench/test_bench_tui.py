@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
-
-from tests.cli.conftest import Cli, hermetic_env
+from tests.cli.conftest import Cli
 
 FIGURES = (
     "tasks_refresh_ms_median",
@@ -19,16 +14,6 @@ FIGURES = (
     "idle_cpu_percent",
     "rss_growth_mb",
 )
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for key, value in hermetic_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in os.environ if k.startswith("BITINGLIP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    return Cli(CliRunner(), tmp_path / "data", tmp_path)
 
 
 def test_bench_tui_measures_every_figure_against_its_target(cli: Cli) -> None:

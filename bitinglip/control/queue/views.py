@@ -100,23 +100,6 @@ class TaskListing:
     searched: int | None = None
 
 
-def list_tasks(
-    store: Store,
-    *,
-    state: TaskState | None = None,
-    job_id: int | None = None,
-    kinds: Sequence[str] = (),
-    limit: int = 50,
-    after: int | None = None,
-    before: int | None = None,
-) -> list[Task]:
-    """Newest first; only tasks of `kinds` when given (e.g. the pulls: "pull", "remove");
-    the page after task `after` or before task `before` (see `list_page`)."""
-    return list_page(
-        store, state=state, job_id=job_id, kinds=kinds, limit=limit, after=after, before=before
-    ).tasks
-
-
 def list_page(
     store: Store,
     *,
@@ -217,23 +200,6 @@ def output(store: Store, task_id: int) -> str:
         "SELECT data FROM task_output WHERE task_id = ? ORDER BY seq", (task_id,)
     ).fetchall()
     return "".join(r[0] for r in rows)
-
-
-def _filters(
-    state: TaskState | None, job_id: int | None, kinds: Sequence[str] = ()
-) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if kinds:
-        clauses.append(f"kind IN ({', '.join('?' for _ in kinds)})")
-        args.extend(kinds)
-    if state is not None:
-        clauses.append("state = ?")
-        args.append(state.value)
-    if job_id is not None:
-        clauses.append("job_id = ?")
-        args.append(job_id)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
 def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
