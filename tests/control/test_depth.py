@@ -94,7 +94,7 @@ def _operations(queue: TaskQueue) -> dict[str, Callable[[], Any]]:
         "a job's counts (jobs show)": lambda: task_views.counts(store, job_id=1),
         "usage (/metrics)": lambda: usage(store, 5, NOW - 60),
         "the queue ahead, capped (gateway)": lambda: task_views.queued_at_or_above(store, 0, 64),
-        "placement's demand": lambda: waiting.demand(store, MODEL_KINDS, 0.0),
+        "placement's demand": lambda: waiting.demand(store, MODEL_KINDS),
         "a job's pace (Jobs view)": lambda: job_paces(store, [1]),
         "a host's recent tasks (its screen)": lambda: recent_tasks(store, "idle", window=500),
     }

@@ -172,8 +172,6 @@ def queued_at_or_above(store: Store, priority: int, cap: int | None = None) -> i
     """How many queued tasks have `priority` or more, read per kind through `tasks_ready`
     (bounded by the tasks counted); with `cap`, counting stops there (the answer is then at
     least `cap`)."""
-    if priority <= _LOWEST and cap is None:
-        return counts(store)[TaskState.QUEUED]
     limit = -1 if cap is None else cap
     (found,) = store.conn.execute(
         "SELECT count(*) FROM (SELECT 1 FROM tasks INDEXED BY tasks_ready WHERE state = 'queued'"
@@ -181,9 +179,6 @@ def queued_at_or_above(store: Store, priority: int, cap: int | None = None) -> i
         (*KINDS, priority, limit),
     ).fetchone()
     return int(found)
-
-
-_LOWEST = -(2**63)
 
 
 def events(store: Store, task_id: int) -> list[dict[str, Any]]:

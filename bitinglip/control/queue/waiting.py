@@ -34,10 +34,9 @@ class Demand:
         return (self.model, self.host, self.labels)
 
 
-def demand(store: Store, kinds: Iterable[str], now: float) -> list[Demand]:
-    """The queued tasks of `kinds` that name a model, grouped (`now` is kept for callers: the
-    counters include tasks waiting out a backoff)."""
-    del now
+def demand(store: Store, kinds: Iterable[str]) -> list[Demand]:
+    """The queued tasks of `kinds` that name a model, grouped (tasks waiting out a backoff
+    included: the counters do not see `run_after`)."""
     kinds = tuple(kinds)
     rows = store.conn.execute(
         "SELECT model, nullif(host, ''), nullif(labels, ''), sum(n), max(newest)"

@@ -119,7 +119,7 @@ class Placement:
         if self.rotation:
             return {n: HostPlan(h.models, None, h.gpu_free) for n, h in hosts.items()}
         self._lost(now)
-        self._groups = waiting.demand(queue.store, PLACED_KINDS, queue.clock())
+        self._groups = waiting.demand(queue.store, PLACED_KINDS)
         if not self._groups and not self._placed() and not self.replicas.wanted:
             self._demand, self._reasons = Counter(), {}  # nothing to place: claims skip models
             self.due_at = math.inf if not self._down and self._settled(now) else now + WAIT_TICK_S
